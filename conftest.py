@@ -1,0 +1,50 @@
+"""Shared pytest set-up for `tests/` and for nbval runs over `nbs/`.
+
+Cells and tests carry nbdev's test flags (settings.ini `tst_flags = slow cuda multigpu`):
+- a notebook cell whose first lines hold `#| slow`, `#| cuda` or `#| multigpu` is skipped under nbval unless asked for;
+- a test marked `@pytest.mark.slow` / `cuda` / `multigpu` likewise.
+`--run-slow` runs slow ones; cuda and multigpu ones run when the machine has the GPUs.
+"""
+import os, re
+import pytest
+
+os.environ.setdefault('MPLBACKEND', 'Agg')
+os.environ.setdefault('PYTHONHASHSEED', '0')
+
+_FLAG_RE = re.compile(r'^\s*#\s*\|\s*(slow|cuda|multigpu)\b', re.M)
+
+
+def pytest_addoption(parser):
+    parser.addoption('--run-slow', action='store_true', default=False, help='also run cells/tests flagged slow')
+
+
+def pytest_configure(config):
+    for flag in ('slow', 'cuda', 'multigpu'):
+        config.addinivalue_line('markers', f'{flag}: nbdev test flag {flag}')
+
+
+def _cuda_count():
+    try:
+        import torch
+        return torch.cuda.device_count()
+    except Exception:
+        return 0
+
+
+def _skip_reason(flags, config):
+    if 'slow' in flags and not config.getoption('--run-slow'): return 'slow (use --run-slow / make test-slow)'
+    if 'cuda' in flags and _cuda_count() < 1: return 'needs CUDA'
+    if 'multigpu' in flags and _cuda_count() < 2: return 'needs 2+ GPUs'
+    return None
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        cell = getattr(item, 'cell', None)  # nbval cell items
+        if cell is not None:
+            head = '\n'.join(cell.source.splitlines()[:5])
+            flags = set(_FLAG_RE.findall(head))
+        else:
+            flags = {m.name for m in item.iter_markers() if m.name in ('slow', 'cuda', 'multigpu')}
+        reason = _skip_reason(flags, config) if flags else None
+        if reason: item.add_marker(pytest.mark.skip(reason=reason))

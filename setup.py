@@ -1,0 +1,25 @@
+"""Package metadata comes from settings.ini (the nbdev project file), so there is one place to change it."""
+from configparser import ConfigParser
+from pathlib import Path
+import setuptools
+
+cfg = ConfigParser(delimiters=['='])
+cfg.read(Path(__file__).parent/'settings.ini', encoding='utf-8')
+cfg = cfg['DEFAULT']
+
+readme = Path(__file__).parent/'README.md'
+setuptools.setup(
+    name=cfg['lib_name'], version=cfg['version'], description=cfg['description'],
+    long_description=readme.read_text(encoding='utf-8') if readme.exists() else cfg['description'],
+    long_description_content_type='text/markdown',
+    author=cfg['author'], author_email=cfg['author_email'], license='Apache-2.0', url=cfg['git_url'],
+    keywords=cfg['keywords'].split(), python_requires='>=' + cfg['min_python'],
+    packages=setuptools.find_packages(include=['avlearn', 'avlearn.*']),
+    package_data={'avlearn': ['configs/*.yaml', 'assets/*']},
+    include_package_data=True, zip_safe=False,
+    install_requires=cfg['requirements'].split(),
+    extras_require={'dev': cfg['dev_requirements'].split()},
+    entry_points={'console_scripts': cfg['console_scripts'].split(), 'nbdev': [f"{cfg['lib_name']}={cfg['lib_name']}._modidx:d"]},
+    classifiers=['Programming Language :: Python :: 3', 'License :: OSI Approved :: Apache Software License',
+                 'Topic :: Scientific/Engineering :: Artificial Intelligence'],
+)
