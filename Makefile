@@ -47,7 +47,7 @@ export: $(STAMP)
 
 # README.md is rendered from nbs/index.ipynb with nbconvert (quarto, which nbdev_readme needs, is not installable here)
 readme: $(STAMP)
-	$(VENV)/bin/jupyter nbconvert --to markdown --TagRemovePreprocessor.remove_cell_tags='["hide"]' nbs/index.ipynb --output-dir . --output README
+	$(PY) tools/render_readme.py
 
 samples: $(STAMP)
 	$(VENV)/bin/avlearn-toyworld --out data_samples --n 24 --seed 0
