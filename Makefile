@@ -21,8 +21,10 @@ $(STAMP): settings.ini setup.py constraints.txt
 	$(PY) -c "import torch, torchaudio, av, avlearn; print('installed avlearn', avlearn.__version__, 'torch', torch.__version__)"
 	touch $(STAMP)
 
+# first light: cross-modal pretraining on the toy world, then linear probe + retrieval vs random initialisation
 demo: $(STAMP)
-	$(VENV)/bin/avlearn-demo --out runs/demo
+	$(VENV)/bin/avlearn-train --config configs/demo.yaml --out runs/demo --no_resume
+	$(VENV)/bin/avlearn-eval --out runs/demo
 
 # everything: notebooks and package agree, the test suite, every notebook under nbval
 test: $(STAMP)
