@@ -194,7 +194,7 @@ def test_resize_videos_shared_files_broken_files_and_cli(toy, tmp_path):
     script = tmp_path / 'avlearn-resize'           # what the console-script entry point runs
     script.write_text('import sys\nfrom avlearn.datasets import resize_cli\nif __name__ == "__main__":\n    sys.exit(resize_cli())\n')
     r = subprocess.run([sys.executable, str(script), str(m),
-                        str(tmp_path / 'dst'), '--short_side', '32', '--workers', '2'],
+                        str(tmp_path / 'dst'), '--short_side', '32'],
                        capture_output=True, text=True, env=env, timeout=240)
     assert r.returncode == 0, r.stderr[-2000:]
     assert 'resized 3 of 5 files' in r.stdout and '2 broken' in r.stdout and 'gone.mp4' in r.stdout, r.stdout
@@ -233,3 +233,48 @@ def test_manifests_read_back_with_manifest_dataset(toy, tmp_path):
     ds = ManifestDataset(rep.manifest, clip_duration=0.5, fps=8., transform=MultiHot(3), seed=0)
     batch = next(iter(torch.utils.data.DataLoader(ds, batch_size=2, num_workers=2)))
     assert batch['labels'].tolist() == [[1., 0., 1.], [0., 1., 0.]] and batch['video'].shape == (2, 3, 4, 64, 64)
+
+
+def _avi(world, i, dst):
+    "Toy clip `i` as a real AVI (MPEG-4 part 2 + PCM), the format UCF-101 and HMDB-51 ship."
+    r = world.render(i); dst = Path(dst); dst.parent.mkdir(parents=True, exist_ok=True)
+    v = (r['video'] * 255).round().astype(np.uint8)
+    with av.open(str(dst), 'w', format='avi') as c:
+        vs = c.add_stream('mpeg4', rate=16); vs.width, vs.height, vs.pix_fmt = 64, 64, 'yuv420p'
+        ast = c.add_stream('pcm_s16le', rate=16000, layout='mono')
+        for t in range(len(v)):
+            f = av.VideoFrame.from_ndarray(v[t], format='rgb24').reformat(format='yuv420p'); f.pts = t
+            for p in vs.encode(f): c.mux(p)
+        for p in vs.encode(): c.mux(p)
+        af = av.AudioFrame.from_ndarray((r['audio'][None] * 32767).round().astype(np.int16), format='s16', layout='mono')
+        af.sample_rate, af.pts = 16000, 0
+        for p in ast.encode(af): c.mux(p)
+        for p in ast.encode(): c.mux(p)
+    return dst
+
+
+def test_ucf101_avi_to_resized_mp4_and_manifest_cli(toy, tmp_path, capsys):
+    from avlearn.datasets import ucf101_manifest, manifest_cli
+    from avlearn.media import ManifestDataset
+    world, _ = toy
+    sd = tmp_path / 'ucfTrainTestlist'; sd.mkdir()
+    (sd / 'classInd.txt').write_text('1 Basketball\n2 Biking\n')
+    (sd / 'trainlist01.txt').write_text('Basketball/v_Basketball_g08_c01.avi 1\nBiking/v_Biking_g08_c01.avi 2\n')
+    (sd / 'testlist01.txt').write_text('Biking/v_Biking_g01_c01.avi\n')
+    for i, name in enumerate(['Basketball/v_Basketball_g08_c01', 'Biking/v_Biking_g08_c01', 'Biking/v_Biking_g01_c01']):
+        _avi(world, i, tmp_path / 'UCF-101' / f'{name}.avi')
+    rep = ucf101_manifest(tmp_path / 'UCF-101', sd, split=1, subset='train', out=tmp_path / 'train.csv')
+    assert rep.n_rows == 2 and rep.classes == ('Basketball', 'Biking')
+    res = resize_videos(rep.manifest, tmp_path / 'ucf32', short_side=32, progress=False)
+    rows = _rows(res.manifest)
+    assert [(r['path'], r['label'], r['duration']) for r in rows] == [
+        ('UCF-101/Basketball/v_Basketball_g08_c01.mp4', '0', '1.000'), ('UCF-101/Biking/v_Biking_g08_c01.mp4', '1', '1.000')]
+    p = probe(tmp_path / 'ucf32' / rows[1]['path'])
+    assert (p['video_codec'], p['audio_codec'], p['height'], p['n_frames']) == ('h264', 'aac', 32, 16)
+    ds = ManifestDataset(res.manifest, clip_duration=1.0, fps=16., mode='eval')
+    assert ds[1]['label'] == 1 and ds[1]['video'].shape == (3, 16, 32, 32)
+    # the same manifest through the command-line entry point (called with arguments, as call_parse allows)
+    manifest_cli('ucf101', str(tmp_path / 'UCF-101'), str(sd), split='1/test', out=str(tmp_path / 'test.csv'))
+    out = capsys.readouterr().out
+    assert 'ucf101: 1 rows' in out and '0 missing' in out
+    assert [r['label'] for r in _rows(tmp_path / 'test.csv')] == ['1']
