@@ -194,7 +194,7 @@ def test_resize_videos_shared_files_broken_files_and_cli(toy, tmp_path):
     script = tmp_path / 'avlearn-resize'           # what the console-script entry point runs
     script.write_text('import sys\nfrom avlearn.datasets import resize_cli\nif __name__ == "__main__":\n    sys.exit(resize_cli())\n')
     r = subprocess.run([sys.executable, str(script), str(m),
-                        str(tmp_path / 'dst'), '--short_side', '32'],
+                        str(tmp_path / 'dst'), '--short_side', '32', '--workers', '2'],
                        capture_output=True, text=True, env=env, timeout=240)
     assert r.returncode == 0, r.stderr[-2000:]
     assert 'resized 3 of 5 files' in r.stdout and '2 broken' in r.stdout and 'gone.mp4' in r.stdout, r.stdout
