@@ -262,3 +262,21 @@ def test_all_gather_two_gloo_processes_match_one_process():
             assert torch.allclose(res[r][name][1] / world, v.grad[r * B:(r + 1) * B], atol=1e-6), (name, r)
             assert torch.allclose(res[r][name][2] / world, a.grad[r * B:(r + 1) * B], atol=1e-6), (name, r)
     assert all('same number of rows' in r['unequal'] for r in res)
+
+
+def test_binary_nce_matches_loop_and_gradcheck():
+    q, p, n = unit(3, 4, seed=40), unit(3, 2, 4, seed=41), unit(3, 5, 4, seed=42)
+    t, N = 0.5, 100
+    z = N * float(torch.exp(torch.einsum('bd,bkd->bk', q, n) / t).mean())
+    ref = 0.
+    for i in range(3):
+        h = lambda y: (math.exp(float(q[i] @ y) / t) / z) / (math.exp(float(q[i] @ y) / t) / z + 5 / N)
+        ref += sum(-math.log(h(y)) for y in p[i]) / 2 + sum(-math.log(1 - h(x)) for x in n[i])
+    assert memory_nce(q, p, n, t, kind='nce', n_data=N).item() == pytest.approx(ref / 3, rel=1e-10)
+    assert memory_nce(q, p, n, t, kind='nce', n_data=N, z=z).item() == pytest.approx(ref / 3, rel=1e-10)
+    g = torch.Generator().manual_seed(0)
+    args = tuple(torch.randn(*s, generator=g, dtype=D64, requires_grad=True) for s in [(3, 4), (3, 2, 4), (3, 5, 4)])
+    assert torch.autograd.gradcheck(lambda a, b, c: memory_nce(a, b, c, 0.5, kind='nce', n_data=50, z=40.), args)
+    with pytest.raises(ValueError, match='kind must be'): memory_nce(q, p, n, kind='binary')
+    bank = MemoryBank(20, 4, dtype=D64)
+    assert torch.isfinite(avid_cma_loss(q, q, torch.tensor([1, 2, 3]), bank, n_negatives=8, kind='nce', cma_k=2))
