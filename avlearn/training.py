@@ -11,7 +11,7 @@ __all__ = ['METHODS', 'METHOD_MODULES', 'make_optimizer', 'train_steps', 'extrac
            'Trainer', 'threading_main', 'read_metrics', 'plot_losses', 'run_features', 'evaluate_model', 'evaluate_run',
            'format_results', 'dry_run_config', 'train', 'train_cli', 'eval_cli']
 
-# %% ../nbs/05_training.ipynb #8c8640b5
+# %% ../nbs/05_training.ipynb #69b13c71
 # (no `from __future__ import annotations`: fastcore.script reads the Param annotations at run time)
 import copy, glob, itertools, json, math, os, random, signal, sys, time, warnings
 from dataclasses import dataclass, asdict, field, fields, is_dataclass, replace
@@ -32,7 +32,7 @@ from .losses import cross_modal_nce
 from .evaluation import linear_probe, retrieval_recall_at_k
 from .media import collate_skip
 
-# %% ../nbs/05_training.ipynb #63e4ce87
+# %% ../nbs/05_training.ipynb #c4a8b024
 def make_optimizer(params, name: str = 'adam', lr: float = 1e-3, weight_decay: float = 0.0, momentum: float = 0.9):
     "An optimiser by name: 'adam', 'adamw' or 'sgd' (with momentum)."
     check_range(lr, 'lr', 0, lo_open=True)
@@ -70,7 +70,7 @@ def extract_features(fn: Callable, tensors: torch.Tensor, batch_size: int = 64) 
     if len(tensors) == 0: raise ValueError("tensors must not be empty")
     return torch.cat([fn(tensors[i:i + batch_size]) for i in range(0, len(tensors), batch_size)])
 
-# %% ../nbs/05_training.ipynb #463c6103
+# %% ../nbs/05_training.ipynb #27133572
 class AVModel(nn.Module):
     "Video and audio encoders with L2-normalised projection heads; audio enters as a waveform `(B, S)`."
     def __init__(self, video_encoder: nn.Module, audio_encoder: nn.Module, video_dim: int, audio_dim: int,
@@ -86,7 +86,7 @@ class AVModel(nn.Module):
         "Projected, L2-normalised (video, audio) embeddings."
         return self.video_head(self.video_features(video)), self.audio_head(self.audio_features(audio))
 
-# %% ../nbs/05_training.ipynb #8330b8f7
+# %% ../nbs/05_training.ipynb #c4adfb62
 @dataclass
 class DataConfig:
     kind: str = 'toy'                 # 'toy' (ToyWorld in memory), 'manifest' (real files) or 'synthetic' (random tensors)
@@ -150,7 +150,7 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
 
-# %% ../nbs/05_training.ipynb #5ed3ddf0
+# %% ../nbs/05_training.ipynb #d8c23347
 def _from_dict(cls, d: dict, where: str = ''):
     "Build dataclass `cls` from a nested dict; unknown keys are errors naming the key."
     if not isinstance(d, dict): raise TypeError(f"config section {where or 'root'} must be a mapping, got {type(d).__name__}")
@@ -204,7 +204,7 @@ def validate_config(cfg: TrainConfig):
 
 def config_to_dict(cfg) -> dict: return asdict(cfg)
 
-# %% ../nbs/05_training.ipynb #266fd8f3
+# %% ../nbs/05_training.ipynb #a83cf5f7
 METHODS: dict = {}
 #: modules that register more methods when imported (paper notebooks)
 METHOD_MODULES = {'gdt': 'avlearn.gdt', 'selavi': 'avlearn.selavi', 'motionformer': 'avlearn.motionformer'}
@@ -232,6 +232,8 @@ class Method:
     def features(self, model: nn.Module, batch: dict) -> torch.Tensor:
         "Frozen features that evaluation probes (video features by default)."
         return _unwrap(model).video_features(batch['video'])
+    def on_epoch_start(self, trainer: 'Trainer'):
+        "Called on every process before each epoch's first batch (not when resuming mid-epoch): e.g. re-cluster the data."
     def state_dict(self) -> dict: return {}
     def load_state_dict(self, state: dict): pass
 
@@ -254,7 +256,7 @@ class CrossModalNCE(Method):
                                distributed=dist.is_initialized())
         return loss, {}
 
-# %% ../nbs/05_training.ipynb #965adfeb
+# %% ../nbs/05_training.ipynb #7e01babc
 class SyntheticAV(Dataset):
     "Random clips of given shapes (seeded per index) with random labels: for dry runs and throughput benchmarks."
     def __init__(self, n: int, n_frames: int, size: int, n_samples: int, n_classes: int = 10, seed: int = 0):
@@ -281,7 +283,7 @@ def build_datasets(cfg: TrainConfig) -> tuple:
     test = ManifestDataset(d.test_manifest, mode='eval', **kw) if d.test_manifest else None
     return train, test
 
-# %% ../nbs/05_training.ipynb #6a435735
+# %% ../nbs/05_training.ipynb #eb32fdeb
 class ResumableDistributedSampler(DistributedSampler):
     "A DistributedSampler whose epoch can start after `skip_batches` batches (for mid-epoch resume)."
     def __init__(self, dataset, batch_size: int, **kw):
@@ -294,7 +296,7 @@ class ResumableDistributedSampler(DistributedSampler):
         return iter(idx[self.skip_batches * self.batch_size:])
     def __len__(self): return max(0, super().__len__() - self.skip_batches * self.batch_size)
 
-# %% ../nbs/05_training.ipynb #8338dc70
+# %% ../nbs/05_training.ipynb #9cf3087b
 def init_distributed() -> tuple:
     "Join the process group if launched by torchrun; returns (rank, world_size, device)."
     world = int(os.environ.get('WORLD_SIZE', 1))
@@ -312,7 +314,7 @@ def _all_reduce_flag(flag: bool, device) -> bool:
     t = torch.tensor([int(flag)], device=device); dist.all_reduce(t)
     return bool(t.item())
 
-# %% ../nbs/05_training.ipynb #a6ab8079
+# %% ../nbs/05_training.ipynb #8e1a6712
 def peak_lr(o: OptimConfig, batch_size: int, world_size: int) -> float:
     "The peak learning rate after linear scaling by the total batch (when `base_batch` > 0)."
     return o.lr * (batch_size * world_size / o.base_batch if o.base_batch else 1.0)
@@ -326,7 +328,7 @@ def lr_factor(step: int, total_steps: int, steps_per_epoch: int, o: OptimConfig)
     progress = (step - warm) / max(1, total_steps - warm)
     return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
-# %% ../nbs/05_training.ipynb #c960313e
+# %% ../nbs/05_training.ipynb #9ea70660
 class CheckpointError(RuntimeError): "A checkpoint file that cannot be read back."
 
 def _rng_state() -> dict:
@@ -369,7 +371,7 @@ def load_latest_checkpoint(out_dir, log=print):
         except CheckpointError as e: log(f"warning: {e}; falling back to the previous checkpoint")
     return None, None
 
-# %% ../nbs/05_training.ipynb #8ab98cdf
+# %% ../nbs/05_training.ipynb #421c44aa
 class Trainer:
     "Runs `cfg.method` on `cfg.data`, single-process or under torchrun; resumable from `out_dir`."
     def __init__(self, cfg: TrainConfig, out_dir, resume: bool = True, progress: bool = True, dry_run: bool = False):
@@ -481,6 +483,7 @@ class Trainer:
         t_last, status = time.perf_counter(), 'finished'
         try:
             while self.step < self.total_steps and self.epoch < cfg.epochs:
+                if self.batch_in_epoch == 0: self.method.on_epoch_start(self)
                 self.sampler.set_epoch(self.epoch, self.batch_in_epoch)
                 if hasattr(self.train_set, 'set_epoch'): self.train_set.set_epoch(self.epoch)   # per-epoch random clip starts
                 for batch in self.loader:
@@ -537,7 +540,7 @@ def _tensorboard(out):
     except Exception as e:
         warnings.warn(f"tensorboard requested but unavailable ({e}); logging to metrics.jsonl only"); return None
 
-# %% ../nbs/05_training.ipynb #994f35b7
+# %% ../nbs/05_training.ipynb #1c0834a0
 def read_metrics(out_dir) -> list:
     "The records of a run's metrics.jsonl."
     p = Path(out_dir) / 'metrics.jsonl'
@@ -611,7 +614,7 @@ def format_results(res: dict) -> str:
         lines.append(row)
     return '\n'.join(lines)
 
-# %% ../nbs/05_training.ipynb #90f02193
+# %% ../nbs/05_training.ipynb #f76aacef
 def dry_run_config(cfg: TrainConfig) -> TrainConfig:
     "The same model and method on synthetic tensors of the real shapes, for 2 steps of 2 clips."
     d = cfg.data
