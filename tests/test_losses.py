@@ -153,7 +153,7 @@ def test_detach_keys_is_a_stop_gradient():
     gv, ga = torch.autograd.grad(cross_modal_nce(v, a, 0.5, detach_keys=True), (v, a))
     rv, = torch.autograd.grad(0.5 * info_nce(v, a.detach(), 0.5), v)
     ra, = torch.autograd.grad(0.5 * info_nce(a, v.detach(), 0.5), a)
-    assert torch.allclose(gv, rv) and torch.allclose(ga, ra)
+    assert torch.allclose(gv, rv, atol=1e-7) and torch.allclose(ga, ra, atol=1e-7)
     assert cross_modal_nce(v, a, 0.5, detach_keys=True).item() == pytest.approx(cross_modal_nce(v, a, 0.5).item())
 
 
