@@ -54,10 +54,13 @@ def check_tensor(x, name: str, ndim: int | Sequence[int] | None = None, shape: S
 
 # %% ../nbs/00_core.ipynb #3229975c
 def check_range(value, name: str, lo=None, hi=None, lo_open: bool = False, hi_open: bool = False):
-    "Raise a `ValueError` naming `name` unless `lo <= value <= hi` (strict where `*_open`)."
+    "Raise a `ValueError` naming `name` unless `lo <= value <= hi` (strict where `*_open`); a `TypeError` unless `value` is a real number."
+    if isinstance(value, torch.Tensor) and value.numel() == 1: value = value.item()
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
     bad = ((lo is not None and (value <= lo if lo_open else value < lo)) or
            (hi is not None and (value >= hi if hi_open else value > hi)))
-    if bad or (isinstance(value, float) and value != value):
+    if bad or value != value:   # NaN compares False with everything: reject it explicitly
         l = '(' if lo_open else '['; r = ')' if hi_open else ']'
         raise ValueError(f"{name} must be in {l}{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}{r}, got {value!r}")
     return value

@@ -84,7 +84,9 @@ class ToyWorldConfig:
         check_range(self.zipf_exponent, 'zipf_exponent', 0)
         check_range(self.asr_error_rate, 'asr_error_rate', 0, 1)
         check_range(self.video_noise, 'video_noise', 0); check_range(self.audio_noise, 'audio_noise', 0)
-        if self.n_distractors < 0: raise ValueError(f"n_distractors must be >= 0, got {self.n_distractors}")
+        if not isinstance(self.n_distractors, (int, np.integer)) or isinstance(self.n_distractors, bool) or self.n_distractors < 0:
+            raise ValueError(f"n_distractors must be an int >= 0, got {self.n_distractors!r}")
+        check_range(self.ambient_level, 'ambient_level', 0, 1)
         bad = [l for l in self.languages if l not in LEXICON]
         if bad: raise ValueError(f"languages must be among {tuple(LEXICON)}, got {bad}")
 
