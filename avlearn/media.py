@@ -288,7 +288,10 @@ class ManifestDataset(torch.utils.data.Dataset):
         self.clips_per_video, self.mode, self.transform, self.on_error = int(clips_per_video), mode, transform, on_error
         self.size, self.audio, self.time_shift_s, self.reverse, self.seed = size, audio, time_shift_s, reverse, seed
         self.n_frames, self.n_samples = max(1, round(clip_duration * fps)), round(clip_duration * sample_rate)
-        self.epoch = 0
+        # the epoch and the bad-media counts live in shared memory: DataLoader workers (persistent ones too) see
+        # `set_epoch` from the main process, and the main process sees the workers' counts
+        self._epoch = multiprocessing.Value('q', 0)
+        self._probed = {}                     # video index -> duration probed from the file (manifest without durations)
         self._counts = multiprocessing.Array('q', len(MEDIA_CASES) + len(_ACTIONS))
         self._transform_takes_generator = False
         if transform is not None:
@@ -301,9 +304,12 @@ class ManifestDataset(torch.utils.data.Dataset):
         p = Path(self.rows[video_index]['path'])
         return p if p.is_absolute() else self.csv_path.parent / p
 
+    @property
+    def epoch(self) -> int: return int(self._epoch.value)
+
     def set_epoch(self, epoch: int):
-        "Use a new random draw per epoch (when `seed` is set)."
-        self.epoch = int(epoch)
+        "Use a new random draw per epoch (when `seed` is set); seen by running DataLoader workers too."
+        self._epoch.value = int(epoch)
 
     # --- bad-media book-keeping (shared between DataLoader workers) ---
     def _count(self, name):
@@ -326,14 +332,15 @@ class ManifestDataset(torch.utils.data.Dataset):
 
     def __getstate__(self):
         state = self.__dict__.copy()
-        if multiprocessing.context.get_spawning_popen() is None:    # plain pickling/deepcopy: a private copy of the counts
-            state['_counts'] = list(self._counts)
+        if multiprocessing.context.get_spawning_popen() is None:    # plain pickling/deepcopy: private copies
+            state['_counts'], state['_epoch'] = list(self._counts), int(self._epoch.value)
         return state
 
     def __setstate__(self, state):
         if isinstance(state['_counts'], list):
             counts = multiprocessing.Array('q', len(state['_counts']))
             counts[:] = state['_counts']; state['_counts'] = counts
+        if isinstance(state['_epoch'], int): state['_epoch'] = multiprocessing.Value('q', state['_epoch'])
         self.__dict__.update(state)
 
     # --- windows ---
@@ -343,7 +350,8 @@ class ManifestDataset(torch.utils.data.Dataset):
         a = float(r['start']) if r.get('start') not in (None, '') else 0.
         if r.get('end') not in (None, ''): return a, float(r['end'])
         if r.get('duration') not in (None, ''): return a, a + float(r['duration'])
-        return a, probe(self.path(vi))['duration']
+        if vi not in self._probed: self._probed[vi] = probe(self.path(vi))['duration']   # once per video (and worker)
+        return a, self._probed[vi]
 
     def _generator(self, index: int):
         if self.seed is None and self.mode == 'train': return None

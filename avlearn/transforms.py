@@ -13,8 +13,8 @@ from .core import check_tensor, check_range
 
 # %% auto #0
 __all__ = ['KINETICS_MEAN', 'KINETICS_STD', 'LogMelSpectrogram', 'resize_clip', 'random_resized_crop', 'horizontal_flip',
-           'color_jitter', 'normalize_video', 'volume_jitter', 'spec_augment', 'time_window', 'reverse_time', 'Apply',
-           'Compose', 'train_transform']
+           'center_crop', 'color_jitter', 'normalize_video', 'volume_jitter', 'spec_augment', 'time_window',
+           'reverse_time', 'Apply', 'Compose', 'train_transform', 'eval_transform']
 
 # %% ../nbs/06_transforms.ipynb #09800bfd
 class LogMelSpectrogram(nn.Module):
@@ -108,6 +108,19 @@ def horizontal_flip(video: torch.Tensor, p: float = 0.5, generator: torch.Genera
     "Mirror each clip left-right (all its frames together) with probability `p`."
     _check_video(video); check_range(p, 'p', 0, 1)
     return _per_clip(lambda v, g: v.flip(-1) if _rand(g) < p else v, video, generator)
+
+# %% ../nbs/06_transforms.ipynb #298840b8
+def center_crop(video: torch.Tensor, size: int = 112) -> torch.Tensor:
+    "Resize each frame of `video` so that its short side is `size`, then keep the central `size` x `size` square."
+    _check_video(video)
+    if not isinstance(size, int) or size < 1: raise ValueError(f"size must be a positive int, got {size!r}")
+    H, W = video.shape[-2:]
+    if min(H, W) != size:
+        s = size / min(H, W)
+        video = resize_clip(video, (max(size, round(H * s)), max(size, round(W * s))))
+        H, W = video.shape[-2:]
+    i, j = (H - size) // 2, (W - size) // 2
+    return video[..., i:i + size, j:j + size]
 
 # %% ../nbs/06_transforms.ipynb #5a050a4b
 _LUMA = (0.299, 0.587, 0.114)
@@ -251,16 +264,24 @@ class Compose:
 
 def train_transform(size: int = 112, scale=(0.08, 1.0), flip: float = 0.5, jitter: float = 0.4, normalize: bool = True,
                     volume: float = 0.2, sample_rate: int = 16000, n_mels: int = 40, time_mask: int = 10,
-                    freq_mask: int = 8, video_keys=('video',), audio_keys=('audio',),
+                    freq_mask: int = 8, video_keys=('video',), audio_keys=('audio',), spectrogram: bool = True,
                     generator: torch.Generator | None = None) -> Compose:
-    "The usual audio-visual training augmentation as a `Compose`; writes 'spectrogram' (or `<key>_spectrogram`) for each audio key."
+    """The usual audio-visual training augmentation as a `Compose`; writes 'spectrogram' (or `<key>_spectrogram`) for each
+    audio key. `spectrogram=False` keeps waveforms only (for models that compute the log-mel themselves, as `AVModel`)."""
     steps = [Apply(random_resized_crop, video_keys, size=size, scale=scale)]
     if flip: steps.append(Apply(horizontal_flip, video_keys, p=flip))
     if jitter: steps.append(Apply(color_jitter, video_keys, brightness=jitter, contrast=jitter, saturation=jitter))
     if normalize: steps.append(Apply(normalize_video, video_keys))
     audio_keys = (audio_keys,) if isinstance(audio_keys, str) else tuple(audio_keys)
     if volume: steps.append(Apply(volume_jitter, audio_keys, strength=volume))
+    if not spectrogram: return Compose(steps, generator)
     spec_keys = tuple('spectrogram' if k == 'audio' else f'{k}_spectrogram' for k in audio_keys)
     steps.append(Apply(LogMelSpectrogram(sample_rate, n_mels), audio_keys, spec_keys))
     if time_mask or freq_mask: steps.append(Apply(spec_augment, spec_keys, time_mask=time_mask, freq_mask=freq_mask))
     return Compose(steps, generator)
+
+def eval_transform(size: int = 112, normalize: bool = True, video_keys=('video',)) -> Compose:
+    "The deterministic test-time counterpart of `train_transform`: centre crop (and normalisation) of every video key."
+    steps = [Apply(center_crop, video_keys, size=size)]
+    if normalize: steps.append(Apply(normalize_video, video_keys))
+    return Compose(steps)

@@ -137,3 +137,21 @@ def test_write_errors(tmp_path):
                 dict(audio=np.full(10, np.nan, np.float32))):
         kw = dict(video=v, audio=a, fps=FPS, sample_rate=SR) | bad
         with pytest.raises((ValueError, TypeError)): write_av_file(tmp_path / 'x.mp4', **kw)
+
+
+def test_persistent_workers_follow_set_epoch(media):
+    "Random clip starts change per epoch also when DataLoader workers persist across epochs (set_epoch is shared)."
+    ds = ManifestDataset(_manifest(media, ['good.mp4'] * 4, 'four.csv', duration=True), clip_duration=0.5, fps=FPS,
+                         sample_rate=SR, mode='train', seed=0, audio=False)
+    loader = torch.utils.data.DataLoader(ds, batch_size=2, num_workers=2, persistent_workers=True, collate_fn=collate_skip)
+    starts = []
+    for epoch in range(3):
+        ds.set_epoch(epoch)
+        starts.append(torch.cat([b['start_s'] for b in loader]).tolist())
+    ref = []
+    for epoch in range(3):                                  # the same draws made in this process
+        ds.set_epoch(epoch); ref.append([ds[i]['start_s'] for i in range(4)])
+    assert np.allclose(starts, ref) and starts[0] != starts[1] != starts[2]
+    import copy, pickle
+    ds.set_epoch(5)
+    assert copy.deepcopy(ds).epoch == 5 and pickle.loads(pickle.dumps(ds)).epoch == 5
