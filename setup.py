@@ -14,12 +14,14 @@ setuptools.setup(
     long_description_content_type='text/markdown',
     author=cfg['author'], author_email=cfg['author_email'], license='Apache-2.0', url=cfg['git_url'],
     keywords=cfg['keywords'].split(), python_requires='>=' + cfg['min_python'],
-    packages=setuptools.find_packages(include=['avlearn', 'avlearn.*']),
-    package_data={'avlearn': ['configs/*.yaml', 'assets/*']},
+    # configs/ (top level, as the README's commands use it) also ships inside the wheel as avlearn.configs, so that an
+    # installed package finds them by name: avlearn-train --config gdt_k400
+    packages=setuptools.find_packages(include=['avlearn', 'avlearn.*']) + ['avlearn.configs'],
+    package_dir={'avlearn.configs': 'configs'},
+    package_data={'avlearn.configs': ['*.yaml']},
     include_package_data=True, zip_safe=False,
     install_requires=cfg['requirements'].split(),
     extras_require={'dev': cfg['dev_requirements'].split()},
     entry_points={'console_scripts': cfg['console_scripts'].split(), 'nbdev': [f"{cfg['lib_name']}={cfg['lib_name']}._modidx:d"]},
-    classifiers=['Programming Language :: Python :: 3', 'License :: OSI Approved :: Apache Software License',
-                 'Topic :: Scientific/Engineering :: Artificial Intelligence'],
+    classifiers=['Programming Language :: Python :: 3', 'Topic :: Scientific/Engineering :: Artificial Intelligence'],
 )

@@ -4,12 +4,13 @@
 
 # %% auto #0
 __all__ = ['METHODS', 'METHOD_MODULES', 'make_optimizer', 'train_steps', 'extract_features', 'AVModel', 'DataConfig',
-           'ModelConfig', 'OptimConfig', 'TrainConfig', 'apply_overrides', 'load_config', 'validate_config',
-           'config_to_dict', 'get_method', 'register_method', 'Method', 'build_av_model', 'CrossModalNCE',
-           'SyntheticAV', 'build_datasets', 'ResumableDistributedSampler', 'init_distributed', 'peak_lr', 'lr_factor',
-           'CheckpointError', 'save_checkpoint', 'list_checkpoints', 'load_checkpoint', 'load_latest_checkpoint',
-           'Trainer', 'threading_main', 'read_metrics', 'plot_losses', 'run_features', 'evaluate_model', 'evaluate_run',
-           'format_results', 'dry_run_config', 'train', 'train_cli', 'eval_cli']
+           'ModelConfig', 'OptimConfig', 'TrainConfig', 'apply_overrides', 'resolve_config', 'load_config',
+           'validate_config', 'config_to_dict', 'get_method', 'register_method', 'Method', 'build_av_model',
+           'CrossModalNCE', 'SyntheticAV', 'build_datasets', 'manifest_transforms', 'ResumableDistributedSampler',
+           'init_distributed', 'peak_lr', 'lr_factor', 'CheckpointError', 'save_checkpoint', 'list_checkpoints',
+           'load_checkpoint', 'load_latest_checkpoint', 'Trainer', 'to_channels_last_3d', 'threading_main',
+           'read_metrics', 'plot_losses', 'run_features', 'evaluate_model', 'evaluate_run', 'format_results',
+           'dry_run_config', 'train', 'train_cli', 'eval_cli']
 
 # %% ../nbs/05_training.ipynb #69b13c71
 # (no `from __future__ import annotations`: fastcore.script reads the Param annotations at run time)
@@ -24,7 +25,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from torch.utils.data.distributed import DistributedSampler
 from fastcore.script import call_parse, Param, store_true
-from .core import seed_everything, check_tensor, check_range
+from .core import seed_everything, check_tensor, check_range, default_device
 from .data import ToyWorld, ToyWorldConfig
 from .models import build_encoder, ProjectionHead
 from .transforms import LogMelSpectrogram
@@ -82,9 +83,11 @@ class AVModel(nn.Module):
 
     def video_features(self, video): return self.video_encoder(video)
     def audio_features(self, audio): return self.audio_encoder(self.logmel(audio) if audio.ndim == 2 else audio)
-    def forward(self, video, audio):
-        "Projected, L2-normalised (video, audio) embeddings."
-        return self.video_head(self.video_features(video)), self.audio_head(self.audio_features(audio))
+    def forward(self, video, audio=None):
+        "Projected, L2-normalised (video, audio) embeddings; either input may be `None` (its output is then `None`)."
+        # methods call the model through here (not the sub-modules) so that DistributedDataParallel syncs the gradients
+        return (None if video is None else self.video_head(self.video_features(video)),
+                None if audio is None else self.audio_head(self.audio_features(audio)))
 
 # %% ../nbs/05_training.ipynb #c4adfb62
 @dataclass
@@ -100,7 +103,11 @@ class DataConfig:
     test_manifest: str = ''
     clip_duration: float = 1.0        # seconds of video/audio per clip
     fps: float = 16.0
-    size: int = 64                    # frame size after cropping
+    size: int = 64                    # frame size after cropping (manifest: random crop for training, centre crop for testing)
+    decode_size: int = 0              # manifest: short side frames are decoded at (0: size * 8 / 7, e.g. 128 for 112)
+    augment: bool = True              # manifest: random resized crop, flip, colour jitter, volume jitter while training
+    crop_scale: list = field(default_factory=lambda: [0.08, 1.0])   # area fraction range of the random crop
+    normalize: bool = False           # manifest: subtract the Kinetics mean / divide by its std (after augmentation)
     n_frames: int = 16                # synthetic: frames per clip
     sample_rate: int = 16000
     label: str = 'action'             # label column used by evaluation
@@ -143,7 +150,7 @@ class TrainConfig:
     precision: str = 'auto'           # auto (bf16 on GPU, fp32 on CPU), fp32, bf16, fp16 (with a grad scaler)
     checkpoint_every: int = 100       # steps; checkpoints are also written at each epoch end
     keep_last: int = 3
-    log_every: int = 10
+    log_every: int = 10               # without a progress bar: a status line every log_every steps (metrics.jsonl has all)
     tensorboard: bool = False
     eval_tasks: list = field(default_factory=lambda: ['action', 'object', 'colour', 'scene'])
     data: DataConfig = field(default_factory=DataConfig)
@@ -178,13 +185,23 @@ def apply_overrides(d: dict, overrides: Sequence[str]) -> dict:
         node[parts[-1]] = _parse_value(val)
     return d
 
+def resolve_config(path) -> Path:
+    "`path` if it is a file, else a config shipped with the package by that name (`gdt_k400` or `gdt_k400.yaml`)."
+    p = Path(path)
+    if p.is_file(): return p
+    if len(p.parts) == 1:
+        pkg = Path(__file__).resolve().parent       # a wheel ships configs/ as avlearn/configs; a checkout has it beside avlearn/
+        for folder in (pkg / 'configs', pkg.parent / 'configs'):
+            shipped = folder / (p.name if p.suffix == '.yaml' else p.name + '.yaml')
+            if shipped.is_file(): return shipped
+    raise FileNotFoundError(f"config file {p} does not exist (nor is it the name of a config shipped with avlearn)")
+
 def load_config(path=None, overrides: Sequence[str] = ()) -> TrainConfig:
     "Read a YAML config (or the defaults when `path` is None) and apply command-line overrides."
     import yaml
     d = {}
     if path:
-        p = Path(path)
-        if not p.exists(): raise FileNotFoundError(f"config file {p} does not exist")
+        p = resolve_config(path)
         d = yaml.safe_load(p.read_text()) or {}
     cfg = _from_dict(TrainConfig, apply_overrides(d, overrides))
     validate_config(cfg)
@@ -201,6 +218,12 @@ def validate_config(cfg: TrainConfig):
     if cfg.precision not in ('auto', 'fp32', 'bf16', 'fp16'): raise ValueError(f"precision must be auto, fp32, bf16 or fp16, got {cfg.precision!r}")
     if cfg.optim.schedule not in ('cosine', 'step', 'constant'): raise ValueError(f"optim.schedule must be cosine, step or constant, got {cfg.optim.schedule!r}")
     check_range(cfg.optim.lr, 'optim.lr', 0, lo_open=True)
+    if cfg.optim.name not in ('adam', 'adamw', 'sgd'): raise ValueError(f"optim.name must be adam, adamw or sgd, got {cfg.optim.name!r}")
+    from avlearn.media import POLICIES
+    if cfg.data.on_error not in POLICIES: raise ValueError(f"data.on_error must be one of {POLICIES}, got {cfg.data.on_error!r}")
+    cs = cfg.data.crop_scale
+    if not (isinstance(cs, (list, tuple)) and len(cs) == 2 and 0 < cs[0] <= cs[1] <= 1):
+        raise ValueError(f"data.crop_scale must be [lo, hi] with 0 < lo <= hi <= 1, got {cs!r}")
 
 def config_to_dict(cfg) -> dict: return asdict(cfg)
 
@@ -226,6 +249,8 @@ def register_method(name: str):
 
 class Method:
     "Plug-in interface: `build_model`, `loss(model, batch) -> (loss, logs)`, `features(model, batch)`, extra state."
+    #: set True when a loss may leave some parameters without gradient (e.g. a video-only GDT row): DDP must know
+    find_unused_parameters: bool = False
     def __init__(self, cfg: TrainConfig, dataset_size: int = 0): self.cfg, self.dataset_size = cfg, dataset_size
     def build_model(self) -> nn.Module: raise NotImplementedError
     def loss(self, model: nn.Module, batch: dict) -> tuple: raise NotImplementedError
@@ -237,7 +262,12 @@ class Method:
     def state_dict(self) -> dict: return {}
     def load_state_dict(self, state: dict): pass
 
-def _unwrap(model): return getattr(model, '_orig_mod', getattr(model, 'module', model))
+def _unwrap(model):
+    "The plain model inside any stack of torch.compile (`_orig_mod`) and DistributedDataParallel (`module`) wrappers."
+    while True:
+        inner = getattr(model, '_orig_mod', None) or getattr(model, 'module', None)
+        if not isinstance(inner, nn.Module): return model
+        model = inner
 
 def build_av_model(cfg: TrainConfig) -> AVModel:
     "An `AVModel` from `cfg.model` (encoders by name from `avlearn.models.build_encoder`)."
@@ -278,10 +308,21 @@ def build_datasets(cfg: TrainConfig) -> tuple:
         return (SyntheticAV(d.n_train, d.n_frames, d.size, n_samples, seed=cfg.seed),
                 SyntheticAV(d.n_test, d.n_frames, d.size, n_samples, seed=cfg.seed + 1))
     from avlearn.media import ManifestDataset
-    kw = dict(clip_duration=d.clip_duration, fps=d.fps, sample_rate=d.sample_rate, size=d.size)
-    train = ManifestDataset(d.train_manifest, mode='train', on_error=d.on_error, seed=cfg.seed, **kw)
-    test = ManifestDataset(d.test_manifest, mode='eval', **kw) if d.test_manifest else None
+    train_tf, test_tf = manifest_transforms(d)
+    kw = dict(clip_duration=d.clip_duration, fps=d.fps, sample_rate=d.sample_rate, size=d.decode_size or round(d.size * 8 / 7),
+              on_error=d.on_error)
+    train = ManifestDataset(d.train_manifest, mode='train', seed=cfg.seed, transform=train_tf, **kw)
+    test = ManifestDataset(d.test_manifest, mode='eval', transform=test_tf, **kw) if d.test_manifest else None
     return train, test
+
+def manifest_transforms(d: DataConfig) -> tuple:
+    """(train, test) transforms of decoded real clips: every clip leaves as a `size` x `size` square, so videos of any
+    aspect ratio batch together. Audio stays a waveform: the model computes its log-mel spectrogram."""
+    from avlearn.transforms import train_transform, eval_transform
+    if d.augment:
+        train = train_transform(d.size, scale=tuple(d.crop_scale), normalize=d.normalize, sample_rate=d.sample_rate, spectrogram=False)
+    else: train = eval_transform(d.size, normalize=d.normalize)
+    return train, eval_transform(d.size, normalize=d.normalize)
 
 # %% ../nbs/05_training.ipynb #eb32fdeb
 class ResumableDistributedSampler(DistributedSampler):
@@ -382,10 +423,11 @@ class Trainer:
         self.method = get_method(cfg.method)(cfg, len(self.train_set))
         model = self.method.build_model().to(self.device)
         if cfg.model.sync_bn and self.world > 1: model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        if cfg.model.channels_last and self.device.type == 'cuda': model = model.to(memory_format=torch.channels_last_3d)
+        if cfg.model.channels_last and self.device.type == 'cuda': model = to_channels_last_3d(model)
         self.model = model
         if self.world > 1:
-            self.model = nn.parallel.DistributedDataParallel(model, device_ids=[self.device.index] if self.device.type == 'cuda' else None)
+            self.model = nn.parallel.DistributedDataParallel(model, device_ids=[self.device.index] if self.device.type == 'cuda' else None,
+                                                             find_unused_parameters=self.method.find_unused_parameters)
         if cfg.model.compile: self.model = torch.compile(self.model)
         self.sampler = ResumableDistributedSampler(self.train_set, cfg.data.batch_size, num_replicas=self.world, rank=self.rank,
                                                    shuffle=True, seed=cfg.seed, drop_last=True)
@@ -497,6 +539,9 @@ class Trainer:
                             log_file.write(json.dumps(rec) + '\n'); log_file.flush()
                             if tb: tb.add_scalar('loss', loss, self.step)
                             if bar: bar.update(1); bar.set_postfix(loss=f'{loss:.3f}', refresh=False)
+                            elif self.step % cfg.log_every == 0:    # no bar (cluster logs): a line every log_every steps
+                                self.log(f"step {self.step}/{self.total_steps} epoch {self.epoch} loss {loss:.4f} "
+                                         f"lr {rec['lr']:.3g} {rec['clips_per_s']:.1f} clips/s")
                         t_last = time.perf_counter()
                         if self.step % cfg.checkpoint_every == 0: self.save()
                     if _all_reduce_flag(self.stop_requested, self.device):
@@ -524,6 +569,13 @@ class Trainer:
             self.log(f"bad media so far (epoch {self.epoch - 1}): {dict(counts)}; {dict(actions)} (policy {self.cfg.data.on_error})")
             with open(self.out / 'metrics.jsonl', 'a') as fh:
                 fh.write(json.dumps(dict(step=self.step, epoch=self.epoch - 1, data_errors=dict(counts), data_actions=dict(actions))) + '\n')
+
+def to_channels_last_3d(model: nn.Module) -> nn.Module:
+    """Store every 5-D (Conv3d) weight as channels_last_3d, in place; 2-D audio convolutions and the rest stay as they are
+    (`model.to(memory_format=torch.channels_last_3d)` fails on an audio-visual model, whose 4-D weights have no such layout)."""
+    for p in model.parameters():
+        if p.ndim == 5: p.data = p.data.contiguous(memory_format=torch.channels_last_3d)
+    return model
 
 def threading_main() -> bool:
     import threading
@@ -589,12 +641,12 @@ def evaluate_run(out_dir, compare_random: bool = True, verbose: bool = True) -> 
     train_set, test_set = build_datasets(cfg)
     if test_set is None: raise ValueError("evaluation needs data.test_manifest (or toy/synthetic data)")
     method = get_method(cfg.method)(cfg, len(train_set))
-    res = dict(checkpoint=str(path), step=state['step'])
+    res, device = dict(checkpoint=str(path), step=state['step']), default_device()
     if compare_random:
         seed_everything(cfg.seed)
-        res['random'] = evaluate_model(cfg, method, method.build_model(), train_set, test_set)
+        res['random'] = evaluate_model(cfg, method, method.build_model().to(device), train_set, test_set, device=device)
     model = method.build_model(); model.load_state_dict(state['model']); method.load_state_dict(state.get('method', {}))
-    res['learned'] = evaluate_model(cfg, method, model, train_set, test_set)
+    res['learned'] = evaluate_model(cfg, method, model.to(device), train_set, test_set, device=device)
     if cfg.data.kind == 'toy':
         w = train_set.dataset
         res['chance'] = {t: 1 / w.n_classes(t) for t in cfg.eval_tasks}

@@ -28,3 +28,26 @@ def test_notebooks_and_package_agree(tmp_path):
     assert not missing, f"modules exported from nbs/ but not committed: {missing} (run nbdev_export)"
     assert not stale, f"generated modules with no notebook behind them: {stale}"
     assert not differ, f"package differs from its notebooks in {differ}: edit the notebook and run nbdev_export"
+
+
+def test_wheel_works_outside_the_repo(tmp_path):
+    "`pip install .` gives a package that imports, renders a toy clip and finds its shipped configs from another folder."
+    import sysconfig, venv
+    subprocess.run([sys.executable, '-m', 'pip', 'wheel', '-q', '--no-deps', '--no-build-isolation', '-w', str(tmp_path / 'whl'),
+                    str(ROOT)], check=True, capture_output=True)
+    wheel = next((tmp_path / 'whl').glob('avlearn-*.whl'))
+    venv.create(tmp_path / 'env', with_pip=False)
+    py = tmp_path / 'env' / 'bin' / 'python'
+    site = subprocess.run([str(py), '-c', 'import sysconfig; print(sysconfig.get_paths()["purelib"])'], check=True,
+                          capture_output=True, text=True).stdout.strip()
+    # the dependencies (torch, av, ...) come from this environment; the .pth line adds its site-packages after the
+    # new environment's own, without running its .pth files (so the editable install of the checkout stays out)
+    Path(site, 'deps.pth').write_text(sysconfig.get_paths()['purelib'] + '\n')
+    subprocess.run([sys.executable, '-m', 'pip', 'install', '-q', '--no-deps', '--target', site, str(wheel)], check=True, capture_output=True)
+    code = ("import avlearn; from avlearn.data import ToyWorld; from avlearn.training import load_config; "
+            "c = ToyWorld(n=2)[0]; assert c['video'].shape == (3, 16, 64, 64); cfg = load_config('gdt_k400'); "
+            "print(avlearn.__file__, cfg.method)")
+    elsewhere = tmp_path / 'elsewhere'; elsewhere.mkdir()
+    r = subprocess.run([str(py), '-c', code], cwd=elsewhere, capture_output=True, text=True, env={'PATH': '/usr/bin:/bin'})
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert str(tmp_path / 'env') in r.stdout and r.stdout.split()[-1] == 'gdt'

@@ -144,3 +144,73 @@ def test_broken_files_train_to_the_end_under_skip_policy(tmp_path):
     errs = [x for x in recs if 'data_errors' in x]
     assert errs and sum(errs[-1]['data_errors'].values()) >= 3 * 2      # three bad files met in each of 2 epochs
     assert _state(out)['epoch'] == 2
+
+
+def test_manifest_clips_of_any_aspect_ratio_batch_and_train(tmp_path):
+    "Real files of different frame shapes leave the pipeline as size x size squares (random crop / centre crop) and train."
+    import numpy as np
+    from avlearn.media import write_av_file
+    from avlearn.training import load_config, build_datasets
+    from avlearn.media import collate_skip
+    rng = np.random.default_rng(0)
+    rows = ['path,action']
+    for i, (h, w) in enumerate([(32, 48), (48, 32), (40, 40), (36, 64)] * 2):
+        write_av_file(tmp_path / f'v{i}.mp4', rng.integers(0, 255, (16, h, w, 3), dtype=np.uint8),
+                      (0.1 * rng.standard_normal(16000)).astype(np.float32), 16, 16000)
+        rows.append(f'v{i}.mp4,{i % 2}')
+    (tmp_path / 'm.csv').write_text('\n'.join(rows) + '\n')
+    over = ['data.kind=manifest', f'data.train_manifest={tmp_path / "m.csv"}', f'data.test_manifest={tmp_path / "m.csv"}',
+            'data.clip_duration=0.5', 'data.size=24', 'data.normalize=true']
+    train, test = build_datasets(load_config(overrides=over))
+    b = collate_skip([train[i] for i in range(len(train))])
+    assert b['video'].shape == (8, 3, 8, 24, 24) and b['audio'].shape == (8, 8000)
+    assert b['video'].min() < 0                                  # normalised
+    e1, e2 = test[1]['video'], test[1]['video']
+    assert e1.shape == (3, 8, 24, 24) and torch.equal(e1, e2)    # the test crop is deterministic
+    out = tmp_path / 'run'
+    r = subprocess.run(_train_cmd(out, *over, 'data.batch_size=4', 'epochs=1', 'data.world={}'), env=ENV, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr[-3000:]
+    with pytest.raises(ValueError, match='crop_scale'): load_config(overrides=over + ['data.crop_scale=[0.5, 0.1]'])
+    with pytest.raises(ValueError, match='on_error'): load_config(overrides=['data.on_error=ignore'])
+
+
+def test_channels_last_3d_on_an_audio_visual_model():
+    "Only the 5-D (video) weights change layout; the 2-D audio convolutions must not break (as model.to(...) would)."
+    from avlearn.training import load_config, build_av_model, to_channels_last_3d
+    m = build_av_model(load_config(overrides=['model.video_args={width: 4, out_dim: 8}', 'model.audio_args={width: 4, out_dim: 8}']))
+    with pytest.raises(RuntimeError): build_av_model(load_config()).to(memory_format=torch.channels_last_3d)
+    to_channels_last_3d(m)
+    w5 = [p for p in m.parameters() if p.ndim == 5]
+    assert w5 and all(p.is_contiguous(memory_format=torch.channels_last_3d) for p in w5)
+    v, a = m(torch.rand(2, 3, 8, 32, 32).contiguous(memory_format=torch.channels_last_3d), torch.randn(2, 16000) * 0.1)
+    assert v.shape == a.shape and v.shape[0] == 2 and torch.isfinite(v).all()
+
+
+@pytest.mark.parametrize('config', FULL_SCALE, ids=lambda p: p.stem)
+def test_full_scale_config_loads_and_builds(config):
+    "Fast check of every full-scale config: it validates, its method and model build, and its data transforms exist."
+    from avlearn.training import load_config, get_method, manifest_transforms
+    cfg = load_config(config)
+    method = get_method(cfg.method)(cfg, 1000)
+    model = method.build_model()
+    assert sum(p.numel() for p in model.parameters()) > 1_000_000
+    if cfg.data.kind == 'manifest': assert all(callable(t) for t in manifest_transforms(cfg.data))
+
+
+def test_kill_during_checkpoint_write_leaves_no_corrupt_checkpoint(tmp_path, monkeypatch):
+    "A process dying inside save_checkpoint (here: torch.save failing after writing half the bytes) leaves only a temp file."
+    from avlearn import training
+    state = dict(model={'w': torch.ones(1000)}, optimizer={}, step=1, epoch=0, config={})
+    training.save_checkpoint(state, tmp_path, 1)
+    real_save = torch.save
+    def dying_save(obj, fh):
+        import io
+        buf = io.BytesIO(); real_save(obj, buf); fh.write(buf.getvalue()[: len(buf.getvalue()) // 2])
+        raise KeyboardInterrupt('killed mid-write')
+    monkeypatch.setattr(training.torch, 'save', dying_save)
+    with pytest.raises(KeyboardInterrupt): training.save_checkpoint(dict(state, step=2), tmp_path, 2)
+    monkeypatch.setattr(training.torch, 'save', real_save)
+    assert [p.name for p in training.list_checkpoints(tmp_path)] == ['ckpt_000000001.pt']   # the new name never appeared
+    assert list(tmp_path.glob('.ckpt_*.tmp'))                                                # only its temp file did
+    loaded, path = training.load_latest_checkpoint(tmp_path)
+    assert path.name == 'ckpt_000000001.pt' and loaded['step'] == 1
