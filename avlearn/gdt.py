@@ -16,8 +16,8 @@ from .core import check_tensor, check_range, seed_everything
 __all__ = ['MODES', 'TABLE1_ROWS', 'PAPER_TABLE_A1', 'TIME_ACTIONS', 'Factor', 'GDTSpec', 'hierarchical_sample',
            'contrast_matrix', 'weight_matrix', 'batch_properties', 'factor_batch_size', 'gdt_nce',
            'plot_contrast_weight', 'video_spec_from_modes', 'theorem1_variances', 'simulate_theorem1', 'av_spec',
-           'gdt_views', 'gdt_embed', 'table1_spec', 'tiny_gdt_model', 'pretrain_gdt', 'clip_features',
-           'probe_and_retrieve', 'toy_time_world', 'run_table1', 'gathered_gdt_nce', 'GDTMethod']
+           'gdt_views', 'gdt_rows', 'gdt_embed', 'table1_spec', 'tiny_gdt_model', 'pretrain_gdt', 'clip_features',
+           'probe_and_retrieve', 'toy_time_world', 'run_table1', 'table1_report', 'gathered_gdt_nce', 'GDTMethod']
 
 # %% ../nbs/10_gdt.ipynb #e394fe58
 MODES = ('d', 'i', '.')
@@ -50,7 +50,7 @@ class Factor:
 
 # %% ../nbs/10_gdt.ipynb #35a05039
 class GDTSpec:
-    "An ordered composition of `Factor`s; `sampling_order` puts distinctive factors first, then invariant, then unused."
+    "An ordered composition of `Factor`s; `sampling_order` draws distinctive factors first, then unused (one value per distinctive branch), then invariant."
     def __init__(self, factors: Sequence[Factor]):
         factors = tuple(factors)
         if not factors: raise ValueError("factors must contain at least one Factor")
@@ -72,8 +72,10 @@ class GDTSpec:
     def K_V(self) -> int: return math.prod(f.k for f in self.factors if f.mode == 'd')
     @property
     def sampling_order(self) -> tuple:
-        "Indices of the factors in the order the hierarchical sampler draws them: distinctive, invariant, unused."
-        return tuple(sorted(range(len(self.factors)), key=lambda j: MODES.index(self.factors[j].mode)))
+        """Indices of the factors in the order the hierarchical sampler draws them: distinctive, then unused (k = 1, so
+        one value per distinctive branch, shared by all the invariant leaves below it), then invariant; stable within each."""
+        rank = {'d': 0, '.': 1, 'i': 2}
+        return tuple(sorted(range(len(self.factors)), key=lambda j: rank[self.factors[j].mode]))
     def index(self, name: str) -> int:
         if name not in self.names: raise KeyError(f"no factor named {name!r}; factors are {self.names}")
         return self.names.index(name)
@@ -96,7 +98,7 @@ class GDTSpec:
 
 # %% ../nbs/10_gdt.ipynb #f290e198
 def hierarchical_sample(spec: GDTSpec, generator: torch.Generator | None = None, check: bool = True) -> torch.Tensor:
-    "Sample a batch of `spec.K` transformations as a `(K, M)` LongTensor of factor values, distinctive factors first (appendix A.1.2)."
+    "Sample a batch of `spec.K` transformations as a `(K, M)` LongTensor of factor values in `spec.sampling_order`: distinctive, unused, invariant (appendix A.1.2)."
     if not isinstance(spec, GDTSpec): raise TypeError(f"spec must be a GDTSpec, got {type(spec).__name__}")
     if check: spec.check()
     rows = torch.zeros(1, len(spec.factors), dtype=torch.long)   # the root: one empty prefix
@@ -253,7 +255,7 @@ def simulate_theorem1(L: torch.Tensor, sigma: torch.Tensor, K_I: int, n_batches:
     return dict(gdt_mean=gdt.mean().item(), gdt_var=gdt.var().item(), direct_mean=direct.mean().item(), direct_var=direct.var().item())
 
 # %% ../nbs/10_gdt.ipynb #0e40c3ac
-from .transforms import time_window, reverse_time, horizontal_flip, color_jitter, volume_jitter
+from .transforms import time_window, reverse_time, horizontal_flip, color_jitter, volume_jitter, spec_augment
 
 def av_spec(k_videos: int, time_shift: str = 'd', time_reversal: str = 'i', modality: str = 'av', n_videos: int | None = None,
             n_shifts: int = 2, k_aug: int = 1) -> GDTSpec:
@@ -271,9 +273,12 @@ def av_spec(k_videos: int, time_shift: str = 'd', time_reversal: str = 'i', moda
 
 # %% ../nbs/10_gdt.ipynb #6b66169b
 def gdt_views(video: torch.Tensor, audio: torch.Tensor, labels: torch.Tensor, spec: GDTSpec, window: int, fps: float,
-              sample_rate: int, logmel: Callable, augment: bool = True, generator: torch.Generator | None = None) -> dict:
-    """Materialise x(T) for every row of `labels`: a `window`-frame clip (or its audio as log-mel) starting at shift tau,
-    time-reversed if r = 1, augmented (g). Returns video/audio inputs and the batch rows they fill."""
+              sample_rate: int, logmel: Callable, augment: bool = True, generator: torch.Generator | None = None,
+              time_mask: int = 6, freq_mask: int = 3) -> dict:
+    """Materialise x(T) = g(r(m(x_{i,tau}))) for every row of `labels`: a `window`-frame clip (or its audio as log-mel)
+    starting at shift tau, time-reversed if r = 1, augmented (g, if `augment`: flip + colour jitter for video; volume
+    jitter and SpecAugment with one time mask of up to `time_mask` frames and one frequency mask of up to `freq_mask`
+    mel bins for audio, A.3.3). Returns video/audio inputs and the batch rows they fill."""
     check_tensor(video, 'video', ndim=5, dtype='float'); check_tensor(audio, 'audio', ndim=2, dtype='float')
     _check_labels(labels, spec)
     N, _, T = video.shape[:3]
@@ -314,14 +319,22 @@ def gdt_views(video: torch.Tensor, audio: torch.Tensor, labels: torch.Tensor, sp
         spec_ = logmel(wav)                                                          # (Ba, 1, n_mels, F)
         rev = r[arows].bool()
         if rev.any(): spec_[rev] = reverse_time(spectrogram=spec_[rev])               # r: spectrogram time axis backwards
+        if augment: spec_ = spec_augment(spec_, time_mask, freq_mask, generator=generator)   # g: SpecAugment (A.3.3)
         out['audio'] = spec_
     return out
 
-def gdt_embed(video_fn: Callable, audio_fn: Callable, views: dict) -> torch.Tensor:
-    "Embed each modality with its own network and put the rows back in batch order: `(B, D)`."
+def gdt_rows(views: dict, z_video: torch.Tensor | None, z_audio: torch.Tensor | None) -> torch.Tensor:
+    """Put precomputed embeddings of `views['video']` (`z_video`) and `views['audio']` (`z_audio`), `None` for a modality
+    without rows, back in batch order: `(B, D)`, row k is x(T_k) for `views['labels'][k]`."""
     B = views['labels'].shape[0]
-    parts = [(rows, fn(x)) for rows, fn, x in ((views['video_rows'], video_fn, views['video']),
-                                             (views['audio_rows'], audio_fn, views['audio'])) if len(rows)]
+    parts = []
+    for name, rows, zm in (('video', views['video_rows'], z_video), ('audio', views['audio_rows'], z_audio)):
+        if not len(rows):
+            if zm is not None and len(zm): raise ValueError(f"z_{name} has {len(zm)} rows but the views hold no {name} row: pass None")
+            continue
+        if zm is None: raise ValueError(f"the views hold {len(rows)} {name} row(s) but z_{name} is None")
+        check_tensor(zm, f'z_{name}', ndim=2, shape=(len(rows), None), dtype='float', finite=False)
+        parts.append((rows, zm))
     dims = {z.shape[1] for _, z in parts}
     if len(dims) > 1:
         raise ValueError(f"video and audio embeddings must have the same size to be contrasted, got {[tuple(z.shape) for _, z in parts]}")
@@ -329,6 +342,11 @@ def gdt_embed(video_fn: Callable, audio_fn: Callable, views: dict) -> torch.Tens
     z = parts[0][1].new_zeros(B, D)
     for rows, zm in parts: z = z.index_copy(0, rows.to(z.device), zm)
     return z
+
+def gdt_embed(video_fn: Callable, audio_fn: Callable, views: dict) -> torch.Tensor:
+    "Embed each modality with its own network and put the rows back in batch order (`gdt_rows`): `(B, D)`."
+    return gdt_rows(views, video_fn(views['video']) if len(views['video_rows']) else None,
+                    audio_fn(views['audio']) if len(views['audio_rows']) else None)
 
 # %% ../nbs/10_gdt.ipynb #9822b2f8
 #: Table 1 (seed 004 lines 368-398): (time_reversal, time_shift, modality, k_aug), weight, and the paper's (Acc, R@1)
@@ -396,10 +414,12 @@ def probe_and_retrieve(train_x, train_y, test_x, test_y) -> dict:
 # %% ../nbs/10_gdt.ipynb #ec281d93
 TIME_ACTIONS = ('grow', 'shrink', 'approach', 'recede')
 
-def toy_time_world(n_train: int, n_test: int, seed: int = 0) -> tuple:
-    "Rendered (train, test) batches of 32-frame, 32-pixel toy clips whose action is grow, shrink, approach or recede."
+def toy_time_world(n_train: int, n_test: int, seed: int = 0, time_only: bool = False) -> tuple:
+    """Rendered (train, test) batches of 32-frame, 32-pixel toy clips whose action is grow, shrink, approach or recede;
+    `time_only`: one shape, one colour, one scene, so appearance and timbre no longer tell clips apart (only motion does)."""
     from avlearn.data import ToyWorld, ToyWorldConfig
-    w = ToyWorld(ToyWorldConfig(n_frames=32, size=32, actions=TIME_ACTIONS), n=n_train + n_test, seed=seed)
+    fixed = dict(shapes=('circle',), colours=('red',), scenes=('meadow',)) if time_only else {}
+    w = ToyWorld(ToyWorldConfig(n_frames=32, size=32, actions=TIME_ACTIONS, **fixed), n=n_train + n_test, seed=seed)
     return w.batch(range(n_train)), w.batch(range(n_train, n_train + n_test))
 
 def run_table1(rows: Sequence[str], train: dict, test: dict, steps: int, seeds: Sequence[int] = (0,), k_videos: int = 8,
@@ -421,6 +441,48 @@ def run_table1(rows: Sequence[str], train: dict, test: dict, steps: int, seeds: 
             out.append(dict(row=row, seed=seed, **evaluate(model), loss_first=float(np.mean(losses[:5])), loss_last=float(np.mean(losses[-5:]))))
             if log: log(out[-1])
     return pd.DataFrame(out)
+
+def _spearman(a, b) -> float:
+    "scipy's Spearman rank correlation, nan (without a warning) when either sequence is constant."
+    from scipy.stats import spearmanr
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    return float('nan') if np.ptp(a) == 0 or np.ptp(b) == 0 else float(spearmanr(a, b).statistic)
+
+def table1_report(res, n_test: int) -> tuple:
+    """Our Table A.1 and Table 1 rows (`run_table1`'s DataFrame, averaged over seeds) beside the paper's numbers, and a
+    verdict computed from them: `(text, verdict)`. Noise floor: two binomial standard errors of a difference of two
+    accuracies on `n_test` test clips (test-set sampling only; seed-to-seed variation comes on top)."""
+    m = res.groupby('row')[['acc', 'R1', 'loss_first', 'loss_last']].mean()
+    missing = [r for r in ('random init', 'd', 'e') if r not in m.index]
+    if missing: raise ValueError(f"res must hold the rows 'random init', 'd' and 'e' (Table A.1), missing {missing}")
+    rows = [r for r in TABLE1_ROWS if r in m.index]
+    p = float(np.clip(m.loc[rows, 'acc'].mean() / 100, 0.05, 0.95))
+    noise = 100 * 2 * math.sqrt(2 * p * (1 - p) / n_test)
+    def sign(x): return 'reproduced' if x > noise else ('reversed' if x < -noise else 'not separated')
+    d_acc, d_r1 = (m.loc['e', k] - m.loc['d', k] for k in ('acc', 'R1'))
+    spread = float(m.loc[rows, 'acc'].max() - m.loc[rows, 'acc'].min())
+    above = [r for r in rows if m.loc[r, 'acc'] - m.loc['random init', 'acc'] > noise]
+    v = dict(noise=noise, a1_acc=float(d_acc), a1_R1=float(d_r1), a1=sign(d_acc) if sign(d_acc) == sign(d_r1) else 'mixed',
+             spread=spread, separated=spread > noise, above_random=above,
+             rho_acc=_spearman([m.loc[r, 'acc'] for r in rows], [TABLE1_ROWS[r]['paper'][0] for r in rows]),
+             rho_R1=_spearman([m.loc[r, 'R1'] for r in rows], [TABLE1_ROWS[r]['paper'][1] for r in rows]))
+    L = ['Table A.1           probe acc   R@1   | paper HMDB-51 Acc  R@1']
+    for name, row in (('within-modal', 'd'), ('cross-modal', 'e')):
+        L.append(f"{name:13s} ({row})   {m.loc[row, 'acc']:8.1f} {m.loc[row, 'R1']:6.1f}   | {PAPER_TABLE_A1[name][0]:14.1f} {PAPER_TABLE_A1[name][1]:5.1f}")
+    L += [f"random init       {m.loc['random init', 'acc']:8.1f} {m.loc['random init', 'R1']:6.1f}", '',
+          'Table 1  DS TR TS Mod   probe acc   R@1   loss first->last | paper Acc  R@1']
+    for row in rows:
+        c, r = TABLE1_ROWS[row], m.loc[row]
+        L.append(f"({row})      d  {c['time_reversal']}  {c['time_shift']}  {c['modality'].upper():3s} {r.acc:9.1f} {r.R1:6.1f}   "
+                 f"{r.loss_first:5.2f} -> {r.loss_last:4.2f} | {c['paper'][0]:9.1f} {c['paper'][1]:4.1f}")
+    L.append(f"random init{'':15s}{m.loc['random init', 'acc']:9.1f} {m.loc['random init', 'R1']:6.1f}")
+    L.append(f"\nverdict (noise floor {noise:.1f} points, {n_test} test clips): Table A.1 {v['a1']} "
+             f"(cross - within: {d_acc:+.1f} acc, {d_r1:+.1f} R@1; paper {PAPER_TABLE_A1['cross-modal'][0] - PAPER_TABLE_A1['within-modal'][0]:+.1f}, "
+             f"{PAPER_TABLE_A1['cross-modal'][1] - PAPER_TABLE_A1['within-modal'][1]:+.1f}); Table 1 rows "
+             f"{'separated' if v['separated'] else 'not separated'} (acc spread {spread:.1f}), rank correlation with the paper "
+             f"{v['rho_acc']:+.2f} (acc) / {v['rho_R1']:+.2f} (R@1){'' if v['separated'] else ' (rows within noise: a correlation of noise)'}; "
+             f"above random init beyond noise: {', '.join(above) or 'none'}")
+    return '\n'.join(L), v
 
 # %% ../nbs/10_gdt.ipynb #d33aa5f0
 from .training import Method, register_method, build_av_model, _unwrap
@@ -447,17 +509,22 @@ def gathered_gdt_nce(z: torch.Tensor, labels: torch.Tensor, spec: GDTSpec, weigh
         dist.all_gather(others, lab); others = torch.cat(others)
     return gdt_nce(z, contrast_matrix(lab, spec, others), weight_matrix(lab, spec, weight, other=others), temperature, keys=keys)
 
-_GDT_ARGS = dict(time_shift='d', time_reversal='i', modality='av', temperature=0.07, window_s=1.0, n_shifts=2, k_aug=1, augment=True)
+_GDT_ARGS = dict(time_shift='d', time_reversal='i', modality='av', temperature=0.07, window_s=1.0, n_shifts=2, k_aug=1, augment=True,
+                 time_mask=6, freq_mask=3)
 
 @register_method('gdt')
 class GDTMethod(Method):
-    "GDT for `avlearn-train`: the loader's batch holds the K_i videos; tau, m, r, g are sampled per video; keys gathered over processes."
+    """GDT for `avlearn-train`: the loader's batch holds the K_i videos; tau, m, r, g are sampled per video; keys gathered
+    over processes. The model is called through its `forward` (so DistributedDataParallel all-reduces the gradients);
+    video-only and audio-only rows leave the other encoder unused, which DDP is told (`find_unused_parameters`)."""
     def __init__(self, cfg, dataset_size: int = 0):
         super().__init__(cfg, dataset_size)
         unknown = sorted(set(cfg.method_args) - set(_GDT_ARGS))
         if unknown: raise ValueError(f"unknown method_args {unknown} for method 'gdt'; known: {sorted(_GDT_ARGS)}")
         self.args = {**_GDT_ARGS, **cfg.method_args}
-        av_spec(2, self.args['time_shift'], self.args['time_reversal'], self.args['modality'], 2, self.args['n_shifts']).check()
+        a = self.args
+        av_spec(2, a['time_shift'], a['time_reversal'], a['modality'], 2, a['n_shifts'], a['k_aug']).check()
+        self.find_unused_parameters = a['modality'] != 'av'   # 'v' / 'a': the other modality's encoder and head get no gradient
         self.generator = None
 
     def build_model(self): return build_av_model(self.cfg)
@@ -467,13 +534,15 @@ class GDTMethod(Method):
         return av_spec(k_videos, a['time_shift'], a['time_reversal'], a['modality'], k_videos, a['n_shifts'], a['k_aug']).check()
 
     def loss(self, model, batch):
-        m, a, d = _unwrap(model), self.args, self.cfg.data
+        a, d = self.args, self.cfg.data
         video, audio = batch['video'], batch['audio']
         if self.generator is None: self.generator = torch.Generator().manual_seed(self.cfg.seed * 1000 + _rank_world()[0])
         spec = self.spec(video.shape[0])
         lab = hierarchical_sample(spec, self.generator)
         views = gdt_views(video, audio, lab.to(video.device), spec, int(round(a['window_s'] * d.fps)), d.fps, d.sample_rate,
-                          m.logmel, augment=a['augment'], generator=self.generator)
-        z = gdt_embed(lambda x: m.video_head(m.video_features(x)), lambda x: m.audio_head(m.audio_features(x)), views)
+                          _unwrap(model).logmel, augment=a['augment'], generator=self.generator,
+                          time_mask=a['time_mask'], freq_mask=a['freq_mask'])
+        z_video, z_audio = model(views['video'], views['audio'])     # through DDP's forward: gradients are synced
+        z = gdt_rows(views, z_video, z_audio)
         weight = 'cross_modal' if a['modality'] == 'av' else 'simclr'
         return gathered_gdt_nce(z, lab.to(z.device), spec, weight, a['temperature']), {}

@@ -59,6 +59,48 @@ def test_sampler_on_many_random_settings_with_cross_modal_weight():
     assert ok > 150
 
 
+def test_unused_factors_are_drawn_once_per_distinctive_branch():
+    "An unused factor (k = 1) takes one value per combination of distinctive values, shared by all invariant leaves."
+    rng, g = np.random.default_rng(2), torch.Generator().manual_seed(2)
+    n_checked = 0
+    for _ in range(300):
+        fs = [Factor('i', 'd', int(rng.integers(2, 4)), space=20), Factor('u', '.', 1, space=int(rng.integers(3, 8))),
+              Factor('m', 'i', 2, space=2)]
+        for j in range(int(rng.integers(0, 3))):
+            mode = str(rng.choice(list(MODES)))
+            k = 1 if mode == '.' else int(rng.integers(1, 3))
+            fs.append(Factor(f'f{j}', mode, k, None if rng.random() < .3 else int(rng.integers(k, k + 3))))
+        rng.shuffle(fs)
+        spec = GDTSpec(fs)
+        lab = hierarchical_sample(spec, g)
+        d_cols = [j for j, f in enumerate(spec.factors) if f.mode == 'd']
+        _, branch = torch.unique(lab[:, d_cols], dim=0, return_inverse=True)
+        for j, f in enumerate(spec.factors):
+            if f.mode != '.': continue
+            for b in branch.unique():
+                assert lab[branch == b, j].unique().numel() == 1, (spec, f.name, lab)
+            n_checked += 1
+        p = batch_properties(lab, spec, 'cross_modal')
+        assert p['i'] and p['ii'] and p['iii'] and p['balanced'], (spec, p)
+    assert n_checked >= 300
+
+
+def test_row_e_audio_and_video_views_share_the_time_shift():
+    "Table 1 row (e): a single shift per video (line 392), so its visual and audio views are synchronised."
+    spec = av_spec(8, '.', '.', 'av', n_videos=100, n_shifts=5).check()
+    g = torch.Generator().manual_seed(0)
+    tau, m, i = spec.index('tau'), spec.index('m'), spec.index('i')
+    shifts = []
+    for _ in range(50):
+        lab = hierarchical_sample(spec, g)
+        for v in lab[:, i].unique():
+            rows = lab[lab[:, i] == v]
+            assert sorted(rows[:, m].tolist()) == [0, 1]              # one video view and one audio view ...
+            assert rows[0, tau] == rows[1, tau]                       # ... cut at the same moment
+            shifts.append(int(rows[0, tau]))
+    assert len(set(shifts)) == 5                                      # the shift itself is still random
+
+
 def test_sampler_is_uniform_over_values():
     "Each branch draws without replacement, uniformly: over many batches every value of a factor is used equally often."
     spec = GDTSpec([Factor('i', 'd', 3, space=6), Factor('tau', 'i', 2, space=5)])
@@ -122,6 +164,52 @@ def test_gathered_gdt_nce_two_processes():
     assert torch.allclose(mean_loss, full.detach(), atol=1e-12)
     grad = torch.cat([r['grad'] for r in res]) / world          # DDP averages over processes
     assert torch.allclose(grad, Z.grad, atol=1e-12)
+
+
+# ---------- 2 gloo processes through the real Trainer: DDP must sync GDTMethod's gradients ----------
+# a tiny toy world: 16-frame (1 s) clips, 0.5 s windows at 2 shifts, width-4 encoders, 3 Adam steps of 2 videos per process
+DDP_TINY = ['method=gdt', 'method_args.n_shifts=2', 'method_args.window_s=0.5', 'method_args.temperature=0.1',
+            'data.kind=toy', 'data.n_train=16', 'data.n_test=4', 'data.batch_size=2', 'data.cache=false',
+            'data.world={n_frames: 16, size: 16}', 'model.video_args={width: 4, out_dim: 16, norm: group}',
+            'model.audio_args={width: 4, out_dim: 16, norm: group}', 'model.proj_dim=8', 'optim.warmup_epochs=0',
+            'max_steps=3', 'checkpoint_every=1000', 'deterministic=true', 'precision=fp32']
+DDP_ROWS = {'l': [],                                                   # audio-visual: every parameter gets a gradient
+            'a': ['method_args.modality=v', 'method_args.time_shift=.', 'method_args.time_reversal=.', 'method_args.k_aug=2']}
+
+
+def _ddp_worker(rank, world, init_file, out_dir):
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world))
+    torch.set_num_threads(1)
+    dist.init_process_group('gloo', init_method=f'file://{init_file}', rank=rank, world_size=world)
+    try:
+        from avlearn.training import Trainer, load_config, _unwrap
+        for row, extra in DDP_ROWS.items():   # the same process group for both runs (the Trainer joins an existing one)
+            out = os.path.join(out_dir, row); os.makedirs(out, exist_ok=True)
+            tr = Trainer(load_config(os.path.join(ROOT, 'configs', 'demo.yaml'), DDP_TINY + extra), out, resume=False, progress=False)
+            init = {k: v.detach().clone() for k, v in _unwrap(tr.model).named_parameters()}
+            tr.fit()
+            final = {k: v.detach().clone() for k, v in _unwrap(tr.model).named_parameters()}
+            torch.save(dict(init=init, final=final, step=tr.step), os.path.join(out, f'rank{rank}.pt'))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ddp_gdt_method_keeps_ranks_in_sync(monkeypatch):
+    "Under DDP the two ranks see different videos and transformations but must end with identical parameters."
+    monkeypatch.setenv('CUDA_VISIBLE_DEVICES', '')      # gloo on CPU even on a GPU machine
+    world = 2
+    with tempfile.TemporaryDirectory() as d:
+        mp.spawn(_ddp_worker, args=(world, os.path.join(d, 'init'), d), nprocs=world, join=True)
+        res = {row: [torch.load(os.path.join(d, row, f'rank{r}.pt')) for r in range(world)] for row in DDP_ROWS}
+    for row, (r0, r1) in res.items():
+        assert r0['step'] == r1['step'] == 3
+        moved = {k: float((r0['final'][k] - r0['init'][k]).abs().max()) for k in r0['init']}
+        assert max(v for k, v in moved.items() if k.startswith('video_encoder')) > 1e-4, (row, 'no training happened')
+        if row == 'a':   # video only: the audio side never gets a gradient (DDP was told: find_unused_parameters)
+            assert max(v for k, v in moved.items() if k.startswith('audio')) == 0
+        diff = {k: float((r0['final'][k] - r1['final'][k]).abs().max()) for k in r0['final']}
+        worst = max(diff, key=diff.get)
+        assert diff[worst] < 1e-6, f"row ({row}): ranks diverged, e.g. {worst} differs by {diff[worst]:.2e}: gradients not synced"
 
 
 @pytest.mark.slow
