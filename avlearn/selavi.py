@@ -4,19 +4,22 @@
 
 # %% ../nbs/16_selavi.ipynb #b9149121
 from __future__ import annotations
-import math
+import json, math, time
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.distributed as dist
+from torch.utils.data import DataLoader, Subset
 from scipy.optimize import linear_sum_assignment
 from .core import check_tensor, check_range
-from .sinkhorn import sinkhorn_knopp
+from .sinkhorn import sinkhorn_knopp, SinkhornResult
 from .evaluation import clustering_metrics
 
 # %% auto #0
-__all__ = ['gaussian_prior', 'zipf_prior', 'clustering_schedule', 'splice_logits', 'alignment_cost_matrix', 'align_heads_greedy',
-           'align_heads_hungarian', 'SeLaViNet', 'align_model_heads', 'cluster_once', 'train_selavi']
+__all__ = ['gaussian_prior', 'zipf_prior', 'clustering_schedule', 'splice_logits', 'alignment_cost_matrix', 'solve_alignment',
+           'align_heads_greedy', 'align_heads_hungarian', 'SeLaViNet', 'permute_head_clusters', 'align_model_heads',
+           'cluster_once', 'train_selavi', 'SeLaViAVModel', 'cluster_shards', 'SeLaViMethod']
 
 # %% ../nbs/16_selavi.ipynb #55aae4ed
 def gaussian_prior(K: int, std: float = 0.1, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -55,10 +58,23 @@ def alignment_cost_matrix(p_audio: torch.Tensor, p_video: torch.Tensor) -> torch
     check_tensor(p_audio, 'p_audio', ndim=2, dtype='float'); check_tensor(p_video, 'p_video', shape=tuple(p_audio.shape), dtype='float')
     return torch.cdist(p_video.double().T.contiguous(), p_audio.double().T.contiguous(), p=1)
 
-def align_heads_greedy(p_audio: torch.Tensor, p_video: torch.Tensor, n_swaps: int = 50000, restarts: int = 5,
-                       generator: torch.Generator | None = None) -> tuple:
-    "Eq. 7 as in the paper (appendix A.3): random pair switches of the audio clusters, kept when they lower the cost; best of `restarts`. Returns (perm, cost): audio cluster perm[y] is matched to video cluster y."
-    D = alignment_cost_matrix(p_audio, p_video).numpy(); K = D.shape[0]
+def solve_alignment(D: torch.Tensor, method: str = 'hungarian', n_swaps: int = 50000, restarts: int = 5,
+                    generator: torch.Generator | None = None) -> tuple:
+    """Minimise eq. 7's cost(R) = sum_y D[y, R(y)] over permutations for a cost matrix `D` (K, K) (a sum over samples, so
+    processes can all-reduce their parts first). 'hungarian': exact (Kuhn-Munkres); 'greedy': the paper's random pair
+    switches, kept when they lower the cost, best of `restarts` (appendix A.3). Returns (perm, cost): audio cluster
+    perm[y] is matched to video cluster y."""
+    check_tensor(D, 'D', ndim=2, dtype='float')
+    if D.shape[0] != D.shape[1]: raise ValueError(f"D must be a square (K, K) cost matrix, got shape {tuple(D.shape)}")
+    if method not in ('greedy', 'hungarian'): raise ValueError(f"method must be 'greedy' or 'hungarian', got {method!r}")
+    D = D.detach().double().cpu().numpy(); K = D.shape[0]
+    if method == 'hungarian':
+        rows, cols = linear_sum_assignment(D)
+        return torch.as_tensor(cols), float(D[rows, cols].sum())
+    if isinstance(restarts, bool) or not isinstance(restarts, (int, np.integer)) or restarts < 1:
+        raise ValueError(f"restarts must be a positive int (the number of random starts to keep the best of), got {restarts!r}")
+    if isinstance(n_swaps, bool) or not isinstance(n_swaps, (int, np.integer)) or n_swaps < 0:
+        raise ValueError(f"n_swaps must be a non-negative int, got {n_swaps!r}")
     rng = np.random.default_rng(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
     best, best_cost = None, math.inf
     for _ in range(restarts):
@@ -71,11 +87,14 @@ def align_heads_greedy(p_audio: torch.Tensor, p_video: torch.Tensor, n_swaps: in
         if c < best_cost: best, best_cost = perm.copy(), c
     return torch.as_tensor(best), best_cost
 
+def align_heads_greedy(p_audio: torch.Tensor, p_video: torch.Tensor, n_swaps: int = 50000, restarts: int = 5,
+                       generator: torch.Generator | None = None) -> tuple:
+    "Eq. 7 as in the paper (appendix A.3): random pair switches of the audio clusters, kept when they lower the cost; best of `restarts`. Returns (perm, cost): audio cluster perm[y] is matched to video cluster y."
+    return solve_alignment(alignment_cost_matrix(p_audio, p_video), 'greedy', n_swaps, restarts, generator)
+
 def align_heads_hungarian(p_audio: torch.Tensor, p_video: torch.Tensor) -> tuple:
     "Exact minimiser of eq. 7: a linear assignment on the same cost matrix (Kuhn-Munkres). Returns (perm, cost)."
-    D = alignment_cost_matrix(p_audio, p_video).numpy()
-    rows, cols = linear_sum_assignment(D)
-    return torch.as_tensor(cols), float(D[rows, cols].sum())
+    return solve_alignment(alignment_cost_matrix(p_audio, p_video), 'hungarian')
 
 # %% ../nbs/16_selavi.ipynb #c29d9c7b
 def _mlp(i, h, o): return nn.Sequential(nn.Linear(i, h), nn.BatchNorm1d(h), nn.ReLU(), nn.Linear(h, o))
@@ -98,6 +117,17 @@ class SeLaViNet(nn.Module):
             out[m] = torch.stack([h(z) for h in self.heads[m]])
         return out
 
+@torch.no_grad()
+def permute_head_clusters(head: nn.Sequential, perm: torch.Tensor):
+    "Reorder the outputs of a clustering head in place: new cluster y is old cluster perm[y] (rows of its last Linear layer, bias included)."
+    last = head[-1]
+    if not isinstance(last, nn.Linear): raise TypeError(f"head must end with an nn.Linear layer, got {type(last).__name__}")
+    perm = torch.as_tensor(perm, dtype=torch.long, device=last.weight.device)
+    if not torch.equal(perm.sort().values, torch.arange(last.out_features, device=perm.device)):
+        raise ValueError(f"perm must be a permutation of range({last.out_features}), got {perm.tolist()}")
+    last.weight.copy_(last.weight[perm])
+    if last.bias is not None: last.bias.copy_(last.bias[perm])
+
 def align_model_heads(model: SeLaViNet, x: dict, method: str = 'greedy', a: str = 'audio', v: str = 'video', **kw) -> list:
     "Permute the last layer of each `a` head so its clusters agree with the `v` head on `x` (eq. 7). Returns [(cost before, cost after)] per head."
     if method not in ('greedy', 'hungarian'): raise ValueError(f"method must be 'greedy' or 'hungarian', got {method!r}")
@@ -106,26 +136,27 @@ def align_model_heads(model: SeLaViNet, x: dict, method: str = 'greedy', a: str 
         out = model(x)
         costs = []
         for h in range(model.n_heads):
-            pa, pv = out[a][h].softmax(-1), out[v][h].softmax(-1)
-            before = float(alignment_cost_matrix(pa, pv).diagonal().sum())
-            perm, cost = align_heads_greedy(pa, pv, **kw) if method == 'greedy' else align_heads_hungarian(pa, pv)
-            last = model.heads[a][h][-1]
-            last.weight.copy_(last.weight[perm]); last.bias.copy_(last.bias[perm])
-            costs.append((before, cost))
+            D = alignment_cost_matrix(out[a][h].softmax(-1), out[v][h].softmax(-1))
+            perm, cost = solve_alignment(D, method, **kw)
+            permute_head_clusters(model.heads[a][h], perm)
+            costs.append((float(D.diagonal().sum()), cost))
     return costs
 
 # %% ../nbs/16_selavi.ipynb #3a1b06b7
 def cluster_once(model: SeLaViNet, x: dict, lam: float = 20., priors: torch.Tensor | None = None, x_alt: dict | None = None,
-                 tol: float = 1e-3) -> torch.Tensor:
-    "One SeLaVi labelling step: spliced log-probabilities of all modalities (eq. 6) -> Sinkhorn with each head's prior (eqs. 3-5). With `x_alt` (a second augmentation) the second half of the heads sees it (decorrelated heads). Returns labels (n_heads, N)."
+                 tol: float = 1e-3, max_iter: int = 500, return_result: bool = False):
+    """One SeLaVi labelling step: spliced log-probabilities of all modalities (eq. 6) -> Sinkhorn with each head's prior
+    (eqs. 3-5). With `x_alt` (a second augmentation) the second half of the heads sees it (decorrelated heads).
+    Returns labels (n_heads, N), or with `return_result` the whole `SinkhornResult` (its `labels`, and `n_iter`,
+    `error`, `converged` to check the solve met `tol` within `max_iter`)."""
     model.eval()
     with torch.no_grad():
         logp = splice_logits(*model(x).values())
         if x_alt is not None:
             half = model.n_heads // 2
             logp[half:] = splice_logits(*model(x_alt).values())[half:]
-    res = sinkhorn_knopp(logp, lam=lam, prior=priors, tol=tol, max_iter=500, return_assignments=False)
-    return res.labels
+    res = sinkhorn_knopp(logp, lam=lam, prior=priors, tol=tol, max_iter=max_iter, return_assignments=False)
+    return res if return_result else res.labels
 
 def train_selavi(model: SeLaViNet, x: dict, steps: int = 300, n_clusterings: int = 10, lam: float = 20., prior: str = 'uniform',
                  decorrelated: bool = True, augment=None, batch_size: int = 128, lr: float = 1e-3, seed: int = 0) -> torch.Tensor:
@@ -148,3 +179,235 @@ def train_selavi(model: SeLaViNet, x: dict, steps: int = 300, n_clusterings: int
             return sum(F.cross_entropy(o.flatten(0, 1), y.flatten()) for o in out.values()) / len(out)
         train_steps(model, loss_fn, batches, t1 - t0, lr=lr, progress=False)
     return cluster_once(model, x, lam, priors)
+
+# %% ../nbs/16_selavi.ipynb #5e1a7f30
+from .training import Method, register_method, build_av_model, AVModel, _unwrap
+from .transforms import horizontal_flip, volume_jitter
+from .media import collate_skip
+
+class SeLaViAVModel(nn.Module):
+    """The video and audio encoders of an `AVModel` (its log-mel front end included, its projection heads dropped) with
+    `n_heads` two-layer clustering heads of `K` clusters per modality. `forward(video, audio)` returns head logits."""
+    def __init__(self, av: AVModel, K: int, n_heads: int = 10, hidden: int = 512):
+        super().__init__()
+        if not isinstance(av, AVModel): raise TypeError(f"av must be an avlearn.training.AVModel, got {type(av).__name__}")
+        if K < 2 or n_heads < 1 or hidden < 1: raise ValueError(f"K must be >= 2, n_heads >= 1 and hidden >= 1, got K={K}, n_heads={n_heads}, hidden={hidden}")
+        self.K, self.n_heads, self.modalities = K, n_heads, ('video', 'audio')
+        self.video_encoder, self.audio_encoder, self.logmel = av.video_encoder, av.audio_encoder, av.logmel
+        dims = {'video': av.video_encoder.out_dim, 'audio': av.audio_encoder.out_dim}
+        self.heads = nn.ModuleDict({m: nn.ModuleList([_mlp(d, hidden, K) for _ in range(n_heads)]) for m, d in dims.items()})
+    video_features, audio_features = AVModel.video_features, AVModel.audio_features    # the same trunks as every method
+    def forward(self, video=None, audio=None) -> dict:
+        "{modality: logits (n_heads, B, K)} for the modalities given (either may be None)."
+        # methods call the model through here (not the sub-modules) so that DistributedDataParallel syncs the gradients
+        out = {}
+        for m, x, f in (('video', video, self.video_features), ('audio', audio, self.audio_features)):
+            if x is not None:
+                z = f(x)
+                out[m] = torch.stack([h(z) for h in self.heads[m]])
+        return out
+
+def _group_world(group):
+    if group is None: return None, 1
+    pg = None if group == 'world' else group
+    return pg, dist.get_world_size(pg)
+
+def _all_gather_rows(x: torch.Tensor, pg, world: int) -> torch.Tensor:
+    "Concatenate the last dimension of `x` over processes; the sizes may differ (padded for the collective, then trimmed)."
+    n = torch.tensor([x.shape[-1]], device=x.device)
+    sizes = [torch.zeros_like(n) for _ in range(world)]; dist.all_gather(sizes, n, group=pg)
+    sizes = [int(s) for s in sizes]; m = max(sizes)
+    pad = torch.full((*x.shape[:-1], m), -1, dtype=x.dtype, device=x.device); pad[..., :x.shape[-1]] = x
+    parts = [torch.empty_like(pad) for _ in range(world)]; dist.all_gather(parts, pad, group=pg)
+    return torch.cat([p[..., :s] for p, s in zip(parts, sizes)], -1)
+
+def cluster_shards(logp: torch.Tensor, index: torch.Tensor, N: int, lam: float = 20., priors: torch.Tensor | None = None,
+                   tol: float = 1e-3, max_iter: int = 1000, dtype: torch.dtype = torch.float32, group=None) -> tuple:
+    """SeLaVi's labelling step over a dataset of `N` items spread over processes: this process holds the spliced
+    log-probabilities `logp` (H, n, K) of dataset items `index` (n,) (any n, 0 included). Sinkhorn runs distributed
+    over `group` (a process group or 'world'; None: one process), then the labels are all-gathered, so every process
+    returns the same table. Returns (labels (H, N) long, -1 where no process held the item; this process's `SinkhornResult`)."""
+    check_tensor(logp, 'logp', ndim=3, dtype='float'); check_tensor(index, 'index', shape=(logp.shape[1],), dtype='int')
+    if isinstance(N, bool) or not isinstance(N, (int, np.integer)) or N < 1: raise ValueError(f"N must be a positive int, got {N!r}")
+    if index.numel() and (index.min() < 0 or index.max() >= N):
+        raise ValueError(f"index must hold dataset positions in [0, {N}), got values in [{int(index.min())}, {int(index.max())}]")
+    res = sinkhorn_knopp(logp, lam=lam, prior=priors, tol=tol, max_iter=max_iter, dtype=dtype, group=group, return_assignments=False)
+    lab, idx = res.labels, index.to(device=res.labels.device, dtype=torch.long)
+    pg, world = _group_world(group)
+    if world > 1: lab, idx = _all_gather_rows(lab, pg, world), _all_gather_rows(idx, pg, world)
+    if torch.unique(idx).numel() != idx.numel(): raise ValueError("index holds the same dataset item more than once (over all processes)")
+    table = torch.full((logp.shape[0], N), -1, dtype=torch.long, device=lab.device)
+    table[:, idx] = lab
+    return table, res
+
+_SELAVI_ARGS = dict(K=309, n_heads=10, head_hidden=512, lam=20., n_clusterings=100, schedule_power=2., prior='gaussian',
+                    prior_std=0.1, align='greedy', greedy_swaps=50000, greedy_restarts=5, decorrelated_heads=True,
+                    hflip=0.5, volume_jitter=0.1, sinkhorn_tol=1e-3, sinkhorn_max_iter=1000, sinkhorn_dtype='float32',
+                    cluster_batch_size=0)
+
+def _check_selavi_args(a: dict):
+    def pos_int(k, lo=1):
+        if isinstance(a[k], bool) or not isinstance(a[k], int) or a[k] < lo: raise ValueError(f"method_args.{k} must be an int >= {lo}, got {a[k]!r}")
+    pos_int('K', 2); pos_int('n_heads'); pos_int('head_hidden'); pos_int('n_clusterings'); pos_int('greedy_swaps', 0)
+    pos_int('greedy_restarts'); pos_int('sinkhorn_max_iter'); pos_int('cluster_batch_size', 0)
+    for k, lo, hi, lo_open in (('lam', 0, 1e6, True), ('schedule_power', 0, None, True), ('prior_std', 0, .5, False),
+                               ('hflip', 0, 1, False), ('volume_jitter', 0, 1, False), ('sinkhorn_tol', 0, None, True)):
+        check_range(a[k], f'method_args.{k}', lo, hi, lo_open=lo_open)
+    for k, ok in (('prior', ('uniform', 'gaussian')), ('align', ('greedy', 'hungarian', 'none')), ('sinkhorn_dtype', ('float32', 'float64'))):
+        if a[k] not in ok: raise ValueError(f"method_args.{k} must be one of {ok}, got {a[k]!r}")
+    if not isinstance(a['decorrelated_heads'], bool): raise TypeError(f"method_args.decorrelated_heads must be true or false, got {a['decorrelated_heads']!r}")
+    if a['decorrelated_heads'] and a['n_heads'] < 2: raise ValueError("method_args.decorrelated_heads needs n_heads >= 2 (half the heads see each augmentation)")
+
+def _inner(model: nn.Module) -> nn.Module:
+    "The model under any DistributedDataParallel / torch.compile wrappers."
+    while True:
+        m = _unwrap(model)
+        if m is model: return m
+        model = m
+
+@register_method('selavi')
+class SeLaViMethod(Method):
+    """SeLaVi for `avlearn-train`: clustering heads on the encoders of `cfg.model`, a label table for the whole training
+    set re-computed by distributed Sinkhorn at the epochs of the clustering schedule, cross-entropy of every head of
+    both modalities on the labels of the batch items."""
+    def __init__(self, cfg, dataset_size: int = 0):
+        super().__init__(cfg, dataset_size)
+        unknown = sorted(set(cfg.method_args) - set(_SELAVI_ARGS))
+        if unknown: raise ValueError(f"unknown method_args {unknown} for method 'selavi'; known: {sorted(_SELAVI_ARGS)}")
+        self.args = a = {**_SELAVI_ARGS, **cfg.method_args}
+        _check_selavi_args(a)
+        g = torch.Generator().manual_seed(cfg.seed)                          # the same draws on every process
+        self.priors = (torch.stack([gaussian_prior(a['K'], a['prior_std'], g) for _ in range(a['n_heads'])])
+                       if a['prior'] == 'gaussian' else None)
+        self.labels = torch.full((a['n_heads'], dataset_size), -1, dtype=torch.long)
+        self.schedule = clustering_schedule(cfg.epochs, a['n_clusterings'], a['schedule_power'])   # epochs; always holds 0
+        self.clustered_epochs, self.aligned, self.history = [], a['align'] == 'none', []
+
+    def build_model(self): return SeLaViAVModel(build_av_model(self.cfg), self.args['K'], self.args['n_heads'], self.args['head_hidden'])
+    def features(self, model, batch): return _inner(model).video_features(batch['video'])
+
+    # ---- state: the label table and what produced it --------------------------------------------------------
+    def state_dict(self) -> dict:
+        return dict(labels=self.labels.clone(), priors=self.priors, aligned=self.aligned, clustered_epochs=list(self.clustered_epochs),
+                    history=list(self.history))
+    def load_state_dict(self, state: dict):
+        if not state: return
+        if tuple(state['labels'].shape) != tuple(self.labels.shape):
+            raise ValueError(f"checkpoint's SeLaVi label table has shape {tuple(state['labels'].shape)}, expected "
+                             f"(n_heads, training items) = {tuple(self.labels.shape)}: a different dataset or method_args.n_heads?")
+        self.labels, self.priors, self.aligned = state['labels'].clone(), state['priors'], state['aligned']
+        self.clustered_epochs, self.history = list(state['clustered_epochs']), list(state['history'])
+
+    # ---- training -------------------------------------------------------------------------------------------
+    def _augment(self, video, audio, generator=None):
+        "The paper's training augmentation done here (A.2): horizontal flip and volume jitter (random crops come from the data)."
+        a = self.args
+        if a['hflip'] > 0: video = horizontal_flip(video, a['hflip'], generator)
+        if a['volume_jitter'] > 0 and audio.ndim <= 2: audio = volume_jitter(audio, a['volume_jitter'], generator)
+        return video, audio
+
+    def loss(self, model, batch):
+        "Mean over the modalities of every head's cross-entropy on the current labels of the batch items (`batch['index']`)."
+        idx = check_tensor(batch['index'], "batch['index']", ndim=1, dtype='int')
+        if idx.numel() and (idx.min() < 0 or idx.max() >= self.labels.shape[1]):
+            raise ValueError(f"batch['index'] must hold training-set positions in [0, {self.labels.shape[1]}), got values up to {int(idx.max())}")
+        y = self.labels[:, idx.cpu()].to(batch['video'].device)               # (H, B)
+        if (y < 0).all(): raise RuntimeError("selavi: the batch's items have no labels yet; on_epoch_start must cluster before training")
+        video, audio = self._augment(batch['video'], batch['audio'])          # global RNG: restored exactly on resume
+        out = model(video, audio)
+        ce = {m: F.cross_entropy(o.flatten(0, 1).float(), y.flatten(), ignore_index=-1) for m, o in out.items()}
+        return sum(ce.values()) / len(ce), {f'ce_{m}': float(v.detach()) for m, v in ce.items()}
+
+    # ---- clustering -----------------------------------------------------------------------------------------
+    def _view(self, batch, view: int, epoch: int):
+        "Augmentation `view` of a batch, seeded per dataset item: the same clip gets the same view whatever the number of processes."
+        clips, wavs = [], []
+        for v, w, i in zip(batch['video'], batch['audio'], batch['index'].tolist()):
+            g = torch.Generator().manual_seed(((self.cfg.seed * 100_003 + epoch) * 2 + view) * 10_000_019 + i)
+            v, w = self._augment(v, w, g)
+            clips.append(v); wavs.append(w)
+        return torch.stack(clips), torch.stack(wavs)
+
+    @torch.no_grad()
+    def _shard_pass(self, trainer, fn):
+        "Run `fn(model, batch)` in eval mode over this process's contiguous shard of the training set (sizes may differ by one)."
+        N, r, w = len(trainer.train_set), trainer.rank, trainer.world
+        shard = Subset(trainer.train_set, range(r * N // w, (r + 1) * N // w))
+        nw = self.cfg.data.num_workers
+        loader = DataLoader(shard, batch_size=self.args['cluster_batch_size'] or self.cfg.data.batch_size, shuffle=False,
+                            num_workers=nw, collate_fn=collate_skip, pin_memory=trainer.device.type == 'cuda')
+        model = _inner(trainer.model); was = model.training; model.eval()
+        if trainer.world > 1 and dist.is_initialized():        # BatchNorm running statistics: rank 0's on every process, as DDP does
+            for buf in model.buffers(): dist.broadcast(buf, 0)
+        try:
+            for b in loader:
+                if not b: continue                                            # every item of the batch was skipped bad media
+                if 'index' not in b: raise KeyError("selavi needs the dataset items' 'index' (their position in the training set)")
+                b = trainer._to_device(b)
+                with trainer._autocast(): fn(model, b)
+        finally: model.train(was)
+
+    def align(self, trainer) -> list:
+        "Eq. 7 before the first clustering: permute each audio head's clusters to agree with its video head; the L1 cost is summed over all processes' shards."
+        a, H, K = self.args, self.args['n_heads'], self.args['K']
+        D = torch.zeros(H, K, K, dtype=torch.float64, device=trainer.device)
+        def acc(model, b):
+            out = model(b['video'], b['audio'])
+            for h in range(H): D[h] += alignment_cost_matrix(out['audio'][h].float().softmax(-1), out['video'][h].float().softmax(-1))
+        self._shard_pass(trainer, acc)
+        if trainer.world > 1: dist.all_reduce(D)
+        g = torch.Generator().manual_seed(self.cfg.seed)                      # greedy: the same swaps on every process
+        model, costs = _inner(trainer.model), []
+        for h in range(H):
+            perm, cost = solve_alignment(D[h], a['align'], a['greedy_swaps'], a['greedy_restarts'], g)
+            permute_head_clusters(model.heads['audio'][h], perm)
+            costs.append((float(D[h].diagonal().sum()), cost))
+        self.aligned = True
+        return costs
+
+    def cluster(self, trainer, epoch: int) -> SinkhornResult:
+        "Spliced log-probabilities (eq. 6) of this process's shard (two augmentations for decorrelated heads), distributed Sinkhorn, gathered labels."
+        a, H = self.args, self.args['n_heads']
+        if hasattr(trainer.train_set, 'set_epoch'): trainer.train_set.set_epoch(epoch)     # this epoch's random clip starts
+        half = H // 2 if a['decorrelated_heads'] else H
+        chunks, idxs = [], []
+        def acc(model, b):
+            out = model(*self._view(b, 0, epoch))
+            lp = splice_logits(out['video'], out['audio'])
+            if half < H:
+                out1 = model(*self._view(b, 1, epoch))
+                lp[half:] = splice_logits(out1['video'][half:], out1['audio'][half:])
+            chunks.append(lp); idxs.append(b['index'])
+        self._shard_pass(trainer, acc)
+        logp = torch.cat(chunks, 1) if chunks else torch.zeros(H, 0, a['K'], device=trainer.device)
+        index = torch.cat(idxs) if idxs else torch.zeros(0, dtype=torch.long, device=trainer.device)
+        group = 'world' if trainer.world > 1 and dist.is_initialized() else None
+        table, res = cluster_shards(logp, index, self.labels.shape[1], a['lam'], self.priors, a['sinkhorn_tol'], a['sinkhorn_max_iter'],
+                                    getattr(torch, a['sinkhorn_dtype']), group)
+        table = table.cpu()
+        self.labels = torch.where(table >= 0, table, self.labels)          # items no process could read keep their labels
+        return res
+
+    def on_epoch_start(self, trainer):
+        "At the epochs of the clustering schedule: align the heads once (before the first clustering), then re-label every training item."
+        epoch = trainer.epoch
+        if self.labels.shape[1] != len(trainer.train_set):
+            raise ValueError(f"the label table holds {self.labels.shape[1]} items but the training set has {len(trainer.train_set)}")
+        if epoch not in self.schedule or epoch in self.clustered_epochs: return
+        t0, msg = time.perf_counter(), ''
+        if not self.aligned:
+            costs = self.align(trainer)
+            msg = f"aligned audio to video heads (eq. 7, {self.args['align']}): L1 cost {sum(c[0] for c in costs):.4g} -> {sum(c[1] for c in costs):.4g}; "
+        res = self.cluster(trainer, epoch)
+        self.clustered_epochs.append(epoch)
+        sizes = torch.bincount(self.labels[0].clamp_min(0), minlength=self.args['K'])
+        rec = dict(step=trainer.step, epoch=epoch, clustering=len(self.clustered_epochs), sinkhorn_iter=res.n_iter,
+                   sinkhorn_error=res.error, sinkhorn_converged=res.converged, labelled=int((self.labels[0] >= 0).sum()),
+                   head0_size_min=int(sizes.min()), head0_size_max=int(sizes.max()), seconds=time.perf_counter() - t0)
+        self.history.append(rec)
+        trainer.log(f"selavi: {msg}clustering {rec['clustering']} (epoch {epoch}) of {rec['labelled']} clips: Sinkhorn "
+                    f"{res.n_iter} iterations, marginal error {res.error:.1e}"
+                    f"{'' if res.converged else ' (NOT converged: raise method_args.sinkhorn_max_iter)'}; "
+                    f"head-0 cluster sizes {rec['head0_size_min']}..{rec['head0_size_max']}; {rec['seconds']:.1f} s")
+        if trainer.is_main:
+            with open(trainer.out / 'metrics.jsonl', 'a') as fh: fh.write(json.dumps(rec) + '\n')

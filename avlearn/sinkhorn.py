@@ -37,7 +37,7 @@ class SinkhornResult:
     prior: torch.Tensor               # the cluster marginals r actually used (after the eq. 4-5 permutation): (K,) or (H, K)
     n_iter: int                       # Sinkhorn iterations (pairs of matrix-vector products), max over heads
     error: float                      # final L1 marginal error sum_y |mean_i Q[i, y] - r_y|, max over heads
-    converged: bool                   # every head reached `error < tol` within `max_iter`
+    converged: bool                   # `error <= tol`: every head's returned plan meets the tolerance (also when `max_iter` was hit)
     omega: list = field(default_factory=list)  # over-relaxation factor each head ended with (1 = plain Sinkhorn-Knopp)
     seconds_per_iter: float = float('nan')     # wall time of the iteration loop / iterations (for benchmarks)
     history: list = field(default_factory=list)  # marginal error after each iteration (max over the heads still running)
@@ -190,6 +190,9 @@ def sinkhorn_knopp(logits: torch.Tensor, lam: float = 20., prior: torch.Tensor |
         if return_assignments: Q.append(q.mul_(u[h][:, None]))
     Ks = None
     sq = (lambda t: t[0]) if single else (lambda t: t)
+    # converged means the returned plan meets the tolerance: heads stopped by the cap whose final (plain) row update
+    # brought the error under `tol` count as converged, so `converged == (error <= tol)` always holds
+    error = max(err)
     return SinkhornResult(assignments=sq(torch.stack(Q)) if return_assignments else None, labels=sq(torch.stack(labels)),
                           log_u=sq(log_u), log_v=sq(log_v), prior=sq(r.to(logits.dtype if logits.dtype == torch.float64 else torch.float32)),
-                          n_iter=max(iters), error=max(err), converged=all(done), omega=list(om), seconds_per_iter=secs, history=history)
+                          n_iter=max(iters), error=error, converged=bool(error <= tol), omega=list(om), seconds_per_iter=secs, history=history)
