@@ -198,10 +198,15 @@ def select_prototypes(q: torch.Tensor, k: torch.Tensor, n_prototypes: int, selec
     "Choose R prototypes (..., R, D) from queries q (..., N, D) and keys k (..., M, D): Algorithm 1's most-orthogonal subset of c*R candidates, or random / segment means."
     if selection not in PROTOTYPE_SELECTIONS: raise ValueError(f"selection must be one of {PROTOTYPE_SELECTIONS}, got {selection!r}")
     if not isinstance(oversample, int) or oversample < 1: raise ValueError(f"oversample (c) must be a positive int, got {oversample!r}")
+    check_tensor(q, 'q', dtype='float', finite=False); check_tensor(k, 'k', dtype='float', finite=False)
+    if q.ndim < 2 or k.ndim != q.ndim or q.shape[:-2] != k.shape[:-2] or q.shape[-1] != k.shape[-1]:
+        raise ValueError(f"q (..., N, D) and k (..., M, D) must share leading dimensions and D, got q {tuple(q.shape)}, k {tuple(k.shape)}")
+    # Algorithm 1 picks prototypes from the union of the queries and keys (N + M vectors); segment means need N, M >= R
     M = q.shape[-2] + k.shape[-2]
-    if not isinstance(n_prototypes, int) or not 1 <= n_prototypes <= min(q.shape[-2], k.shape[-2]) * (2 if selection != 'segment_means' else 1):
-        raise ValueError(f"n_prototypes must be an int in [1, {M if selection != 'segment_means' else min(q.shape[-2], k.shape[-2])}] "
-                         f"for {q.shape[-2]} queries and {k.shape[-2]} keys, got {n_prototypes!r}")
+    hi = M if selection != 'segment_means' else min(q.shape[-2], k.shape[-2])
+    if not isinstance(n_prototypes, int) or not 1 <= n_prototypes <= hi:
+        raise ValueError(f"n_prototypes must be an int in [1, {hi}] ({'queries + keys' if selection != 'segment_means' else 'min(queries, keys)'}) "
+                         f"for {q.shape[-2]} queries and {k.shape[-2]} keys with selection={selection!r}, got {n_prototypes!r}")
     if selection == 'segment_means': return 0.5 * (segment_means(q, n_prototypes) + segment_means(k, n_prototypes))
     R, m = n_prototypes, min(M, oversample * n_prototypes)
     # c*R random candidates (without replacement when that is cheap, else with: a repeat has |cos| = 1 and is never re-picked)
@@ -224,11 +229,23 @@ def select_prototypes(q: torch.Tensor, k: torch.Tensor, n_prototypes: int, selec
         sel = torch.cat(picks, -1)
     return torch.gather(cand, -2, sel[..., None].expand(*sel.shape, cand.shape[-1]))
 
+def _check_prototypes(P, q):
+    "Given prototypes P must be (..., R, D) with the queries' D and leading dimensions that broadcast to q's."
+    D, lead = q.shape[-1], tuple(q.shape[:-2])
+    want = f"(..., R, {D}): R >= 1 prototypes of the queries' feature size D={D}, leading dimensions broadcastable to {lead}"
+    check_tensor(P, 'prototypes', dtype='float')
+    if P.ndim < 2 or P.shape[-1] != D or P.shape[-2] < 1: raise ValueError(f"prototypes must have shape {want}, got {tuple(P.shape)}")
+    try: ok = torch.broadcast_shapes(P.shape[:-2], lead) == lead
+    except RuntimeError: ok = False
+    if not ok: raise ValueError(f"prototypes must have shape {want}, got {tuple(P.shape)}")
+    return P.to(q.device, q.dtype)
+
 def orthoformer_attention(q, k, v, n_prototypes: int = 64, selection: str = 'orthogonal', oversample: int = 4,
                           generator: torch.Generator | None = None, prototypes: torch.Tensor | None = None) -> torch.Tensor:
     "Orthoformer (eq. 10, Algorithm 1): S(Q P^T / sqrt D) (S(P K^T / sqrt D) V) with prototypes P chosen by `select_prototypes` (or given)."
     _, _, D = _check_qkv(q, k, v)
-    P = select_prototypes(q, k, n_prototypes, selection, oversample, generator) if prototypes is None else prototypes
+    if prototypes is None: P = select_prototypes(q, k, n_prototypes, selection, oversample, generator)
+    else: P = _check_prototypes(prototypes, q)
     om1 = (q @ P.transpose(-1, -2)).mul_(D ** -0.5).softmax(-1)                          # (..., N, R)
     om2 = (P @ k.transpose(-1, -2)).mul_(D ** -0.5).softmax(-1)                          # (..., R, M)
     return om1 @ (om2 @ v)
@@ -269,7 +286,12 @@ def performer_attention(q, k, v, n_features: int = 256, generator: torch.Generat
                         features: torch.Tensor | None = None) -> torch.Tensor:
     "Performer FAVOR+ attention with positive (orthogonal) random features; linear in the number of tokens."
     _, _, D = _check_qkv(q, k, v)
-    W = performer_features(n_features, D, generator) if features is None else features
+    if features is None: W = performer_features(n_features, D, generator)
+    else:
+        W = check_tensor(features, 'features', ndim=2, dtype='float')
+        if W.shape[1] != D or W.shape[0] < 1:
+            raise ValueError(f"features must have shape (n_features, {D}): n_features >= 1 random projections of the "
+                             f"queries' feature size D={D} (as performer_features(n_features, {D}) makes), got {tuple(W.shape)}")
     W = W.to(q.device, q.dtype); c = D ** -0.25
     def phi(x, is_query):
         proj = (c * x) @ W.T - (c * x).pow(2).sum(-1, keepdim=True) / 2

@@ -215,6 +215,14 @@ def avid_cma_loss(video: torch.Tensor, audio: torch.Tensor, index: torch.Tensor,
     _check_embeddings(video, 'video', dim=bank.dim)
     _check_embeddings(audio, 'audio', dim=bank.dim, rows=video.shape[0])
     check_tensor(index, 'index', ndim=1, shape=(video.shape[0],), dtype='int')
+    store = bank.bank(bank.modalities[0])
+    for x, name in ((video, 'video'), (audio, 'audio')):
+        if x.dtype != store.dtype or x.device != store.device:
+            raise TypeError(f"{name} is {x.dtype} on {x.device} but the bank holds {store.dtype} on {store.device}: "
+                            f"convert {name} (e.g. {name}.to(bank.bank_{bank.modalities[0]})) or build MemoryBank(dtype=...)")
+    if isinstance(cma_k, bool) or not isinstance(cma_k, int) or not 0 <= cma_k <= bank.n - 1:
+        raise ValueError(f"cma_k must be an int in [0, {bank.n - 1}] (0: no CMA term; at most the other samples of the bank), got {cma_k!r}")
+    check_range(cma_weight, 'cma_weight', 0, float('inf'), hi_open=True)
     neg = bank.sample_negatives(index, n_negatives, generator)
     nce = lambda q, p, n: memory_nce(q, p, n, temperature, kind=kind, n_data=bank.n)
     loss = nce(video, bank.get('audio', index), bank.get('audio', neg)) + nce(audio, bank.get('video', index), bank.get('video', neg))

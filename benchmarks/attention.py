@@ -2,13 +2,16 @@
 
 Time and peak memory for N = 1k ... 32k tokens at head dim 64 (one head, batch 1), fitted growth exponents
 (time ~ N^a, memory ~ N^b), the N = 16,384 speed ratio of Orthoformer-64 vs exact attention, and chunked vs unchunked
-exact trajectory attention. Every ratio is against a reference measured in the same run.
+exact trajectory attention at three token counts (unchunked, the peak grows toward N^2 as the N x T x S attention
+takes over; with a fixed chunk of queries it holds c x N of it, so the peak grows at most linearly).
+Every ratio is against a reference measured in the same run.
 
 Peak memory: on CPU, from torch.profiler memory events (bytes allocated by torch during the call, net of what existed
 before); on GPU, torch.cuda.max_memory_allocated minus the memory in use before the call.
 
     .venv/bin/python benchmarks/attention.py            # full sweep (a few minutes on a busy 2-core CPU)
     .venv/bin/python benchmarks/attention.py --quick    # N up to 4k, for a smoke test
+    .venv/bin/python benchmarks/attention.py --threads 1   # one CPU thread (steadier on a machine shared with others)
 """
 from __future__ import annotations
 import argparse, time, warnings
@@ -65,7 +68,12 @@ def main(argv=None):
     p.add_argument('--max-materialised', type=int, default=8192, help='largest N for the materialised N x N softmax')
     p.add_argument('--rounds', type=int, default=5, help='timing rounds (each cell keeps its minimum)')
     p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    p.add_argument('--threads', type=int, default=0,
+                   help="CPU intra-op threads (0: torch's default). On a busy shared machine every parallel op can wait a "
+                        "scheduler slice for its second thread, which dominates kernels made of many small ops (Orthoformer)")
     a = p.parse_args(argv)
+    if a.threads < 0: p.error(f"--threads must be >= 0, got {a.threads}")
+    if a.threads: torch.set_num_threads(a.threads)
     dev = torch.device(a.device); torch.manual_seed(0)
     # tiny softmax weights (exp of very negative logits) are denormal floats, and x86 matmuls on denormals are 10-100x
     # slower; flushing them to zero changes no result above 1e-38 and makes CPU timings depend on the algorithm only
@@ -114,25 +122,44 @@ def main(argv=None):
         print(f"N={nref}: {name} is {te / res[name][nref][0]:.1f}x faster than exact fused attention "
               f"({te * 1e3:.0f} ms vs {res[name][nref][0] * 1e3:.1f} ms)" + ("  [target >= 30x on CPU]" if name == 'Orthoformer-64' else ''))
 
-    # exact trajectory attention: chunked over queries vs everything at once
-    T, S, H, Dh = 8, 256, 4, 64
-    C = H * Dh
-    print(f"\nexact trajectory attention, T={T} frames x S={S} patches (+ class token), {H} heads x {Dh}, eq. 5 projections:")
-    q, k, v = (torch.randn(1, H, 1 + T * S, Dh, device=dev) for _ in range(3))
+    # exact trajectory attention: chunked over queries vs everything at once, at growing token counts. Unchunked,
+    # stage 1 holds an (N x T x S) attention tensor (N^2 / T) next to O(N T Dh) trajectory tokens, so its peak tends to
+    # N^2 once S outgrows Dh; with a fixed chunk of c queries it holds c x N of it, so the peak grows at most linearly.
+    T, H, Dh = 8, 4, 64
+    C, Ss, chunks = H * Dh, (64, 128, 256), (None, 512, 128)
+    print(f"\nexact trajectory attention, T={T} frames x S patches (+ class token), {H} heads x {Dh}, eq. 5 projections; "
+          f"chunk = queries per chunk, none = unchunked reference (same run, same inputs):")
     pq, pkv = nn.Linear(C, C).to(dev), nn.Linear(C, 2 * C).to(dev)
+    traj = {}
     with torch.no_grad():
-        chunks = (None, 512, 256, 128)
-        f = lambda chunk: (lambda: trajectory_attention(q, k, v, T, proj_q=pq, proj_kv=pkv, chunk_size=chunk))
-        times = {c: float('inf') for c in chunks}                   # round-robin timings, all before any profiler session
-        for _ in range(a.rounds):
-            for c in chunks: times[c] = min(times[c], time_it(f(c), dev, 1))
-        rows = {c: (times[c], peak_mib(f(c), dev)) for c in chunks}
-        assert torch.allclose(trajectory_attention(q, k, v, T, proj_q=pq, proj_kv=pkv, chunk_size=128),
-                              trajectory_attention(q, k, v, T, proj_q=pq, proj_kv=pkv), atol=1e-4)
-    t0, m0 = rows[None]
-    for chunk, (t, m) in rows.items():
-        print(f"  chunk {str(chunk or 'none'):>5s}: {t * 1e3:7.1f} ms, peak {m:7.1f} MiB   time ratio vs unchunked {t / t0:.2f}x"
-              f"  (target <= 1.5x), memory ratio {m / m0:.2f}")
+        for S in Ss:
+            q, k, v = (torch.randn(1, H, 1 + T * S, Dh, device=dev) for _ in range(3))
+            f = lambda chunk, q=q, k=k, v=v: (lambda: trajectory_attention(q, k, v, T, proj_q=pq, proj_kv=pkv, chunk_size=chunk))
+            times = {c: float('inf') for c in chunks}                # round-robin timings, all before any profiler session
+            for _ in range(a.rounds):
+                for c in chunks: times[c] = min(times[c], time_it(f(c), dev, 1))
+            traj[S] = {c: (times[c], peak_mib(f(c), dev)) for c in chunks}
+            assert torch.allclose(f(chunks[-1])(), f(None)(), atol=1e-4)
+    out_mib = lambda S: H * (1 + T * S) * Dh * 4 / 2**20
+    # stage 1 of one chunk of c queries: an (H, c, T, S) attention tensor and (H, c, T, Dh) trajectory tokens, three
+    # times after the eq. 5 projections (float32); unchunked, c = N. The rest of the peak is O(N Dh) outputs.
+    work_mib = lambda S, c: H * min(c or T * S, T * S) * (T * S + 3 * T * Dh) * 4 / 2**20
+    print(f"  {'N':>6s} {'chunk':>6s} {'time ms':>9s} {'peak MiB':>9s} {'chunk work MiB':>15s}   {'time ratio':>10s} {'memory ratio':>12s}"
+          f"   (ratios vs unchunked at the same N)")
+    for S in Ss:
+        t0, m0 = traj[S][None]
+        for c in chunks:
+            t, m = traj[S][c]
+            print(f"  {1 + T * S:6d} {str(c or 'none'):>6s} {t * 1e3:9.1f} {m:9.1f} {work_mib(S, c):15.1f}   {t / t0:9.2f}x {m / m0:12.3f}"
+                  + ("" if c is None else "   (time target <= 1.5x)"))
+        print(f"  {'':6s} (the output tensor alone is {out_mib(S):.1f} MiB)")
+    ns_t = [1 + T * S for S in Ss]
+    print("  peak memory growth over N (peak ~ N^b): " + ", ".join(
+        f"chunk {str(c or 'none')}: b = {fit_exponent(ns_t, [traj[S][c][1] for S in Ss]):.2f}" for c in chunks))
+    for c in chunks[1:]:
+        r = [traj[S][c][1] / traj[S][None][1] for S in Ss]
+        print(f"  chunk {c}: memory ratio vs unchunked " + " -> ".join(f"{x:.3f}" for x in r)
+              + f" as N goes {ns_t[0]} -> {ns_t[-1]}; worst time ratio {max(traj[S][c][0] / traj[S][None][0] for S in Ss):.2f}x")
 
 
 if __name__ == '__main__':

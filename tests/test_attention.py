@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 from avlearn.attention import (exact_attention, joint_attention, space_attention, time_attention, trajectory_attention,
                                orthoformer_attention, select_prototypes, nystrom_attention, performer_attention,
-                               naive_video_attention, attention, VideoAttention, segment_means)
+                               naive_video_attention, attention, VideoAttention, segment_means, performer_features)
 
 
 @pytest.mark.parametrize('T,S,cls', [(1, 5, True), (2, 3, False), (4, 2, True), (3, 4, True)])
@@ -96,3 +96,58 @@ def test_video_attention_divided_is_time_then_space():
 def test_segment_means_errors():
     with pytest.raises(ValueError, match='n_segments'):
         segment_means(torch.randn(5, 3), 6)
+
+
+def test_select_prototypes_bounds_follow_algorithm_1():
+    "Prototypes come from the union of queries and keys: up to N + M of them (N != M here); segment means up to min(N, M)."
+    g = torch.Generator().manual_seed(4)
+    q, k = torch.randn(2, 3, 8, generator=g), torch.randn(2, 5, 8, generator=g)
+    for sel in ('orthogonal', 'random'):
+        P = select_prototypes(q, k, 8, sel, generator=g)
+        assert P.shape == (2, 8, 8)
+        allv = torch.cat([q, k], 1)   # with R = N + M every query and key is a prototype exactly once
+        for b in range(2):
+            assert torch.cdist(P[b], allv[b]).min(1).values.max() < 1e-6
+            assert torch.cdist(P[b], allv[b]).argmin(1).unique().numel() == 8, sel
+    with pytest.raises(ValueError, match=r'n_prototypes must be an int in \[1, 8\] \(queries \+ keys\)'):
+        select_prototypes(q, k, 9)
+    assert select_prototypes(q, k, 3, 'segment_means').shape == (2, 3, 8)
+    with pytest.raises(ValueError, match=r'n_prototypes must be an int in \[1, 3\] \(min\(queries, keys\)\)'):
+        select_prototypes(q, k, 4, 'segment_means')
+    with pytest.raises(ValueError, match='share leading dimensions and D'):
+        select_prototypes(q, k[..., :4], 2)
+
+
+@pytest.mark.parametrize('P', [torch.randn(2, 4, 7), torch.randn(3, 4, 8), torch.randn(8), torch.randn(2, 0, 8)])
+def test_given_prototypes_wrong_shape_clear_error(P):
+    q, k, v = torch.randn(3, 2, 10, 8).unbind(0)
+    with pytest.raises(ValueError, match=r'prototypes must have shape \(\.\.\., R, 8\).*got'):
+        orthoformer_attention(q, k, v, prototypes=P)
+
+
+def test_given_prototypes_broadcast_and_match_selection():
+    g = torch.Generator().manual_seed(5)
+    q, k, v = torch.randn(3, 2, 3, 12, 8, generator=g).unbind(0)           # (B, H, N, D)
+    P = select_prototypes(q, k, 4, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(orthoformer_attention(q, k, v, prototypes=P),
+                          orthoformer_attention(q, k, v, 4, generator=torch.Generator().manual_seed(0)), atol=1e-6)
+    shared = P[:1, :1]                                                       # one set for every batch row and head
+    out = orthoformer_attention(q, k, v, prototypes=shared)
+    assert torch.allclose(out[1, 2], orthoformer_attention(q[1, 2], k[1, 2], v[1, 2], prototypes=shared[0, 0]), atol=1e-6)
+
+
+@pytest.mark.parametrize('W,msg', [(torch.randn(16, 7), r'features must have shape \(n_features, 8\)'),
+                                   (torch.randn(0, 8), r'features must have shape \(n_features, 8\)'),
+                                   (torch.randn(2, 16, 8), 'features must have 2 dimensions'),
+                                   (torch.randint(0, 2, (16, 8)), 'features must be a floating-point tensor')])
+def test_performer_given_features_wrong_shape_clear_error(W, msg):
+    q, k, v = torch.randn(3, 2, 10, 8).unbind(0)
+    with pytest.raises((ValueError, TypeError), match=msg):
+        performer_attention(q, k, v, features=W)
+
+
+def test_performer_given_features_equal_generated():
+    q, k, v = torch.randn(3, 2, 10, 8).unbind(0)
+    W = performer_features(32, 8, torch.Generator().manual_seed(0))
+    assert torch.equal(performer_attention(q, k, v, features=W),
+                       performer_attention(q, k, v, 32, generator=torch.Generator().manual_seed(0)))

@@ -280,3 +280,41 @@ def test_binary_nce_matches_loop_and_gradcheck():
     with pytest.raises(ValueError, match='kind must be'): memory_nce(q, p, n, kind='binary')
     bank = MemoryBank(20, 4, dtype=D64)
     assert torch.isfinite(avid_cma_loss(q, q, torch.tensor([1, 2, 3]), bank, n_negatives=8, kind='nce', cma_k=2))
+
+
+def test_avid_cma_loss_argument_errors():
+    bank = MemoryBank(20, 4)                                               # float32 rows
+    v, a, idx = unit(3, 4, seed=13), unit(3, 4, seed=14), torch.tensor([0, 5, 9])   # float64 features
+    with pytest.raises(TypeError, match=r'video is torch.float64 .* bank holds torch.float32'):
+        avid_cma_loss(v, a, idx, bank, n_negatives=4)
+    with pytest.raises(TypeError, match=r'audio is torch.float64'):
+        avid_cma_loss(v.float(), a, idx, bank, n_negatives=4)
+    assert torch.isfinite(avid_cma_loss(v.float(), a.float(), idx, bank, n_negatives=4, cma_k=2))   # the fix the message names
+    for kw, msg in [(dict(cma_k=-1), r'cma_k must be an int in \[0, 19\]'), (dict(cma_k=20), r'cma_k must be an int in \[0, 19\]'),
+                    (dict(cma_k=1.5), 'cma_k'), (dict(cma_k=True), 'cma_k'),
+                    (dict(cma_weight=-0.1), r'cma_weight must be in \[0, inf\)'), (dict(cma_weight=float('inf')), 'cma_weight'),
+                    (dict(cma_weight=float('nan')), 'cma_weight')]:
+        with pytest.raises(ValueError, match=msg):
+            avid_cma_loss(v.float(), a.float(), idx, bank, n_negatives=4, **kw)
+    with pytest.raises(TypeError, match='cma_weight must be a real number'):
+        avid_cma_loss(v.float(), a.float(), idx, bank, n_negatives=4, cma_k=1, cma_weight='1')
+    # cma_weight = 0 leaves exactly the AVID term
+    g = lambda: torch.Generator().manual_seed(0)
+    assert avid_cma_loss(v.float(), a.float(), idx, bank, 4, cma_k=2, cma_weight=0., generator=g()).item() == \
+        pytest.approx(avid_cma_loss(v.float(), a.float(), idx, bank, 4, generator=g()).item(), abs=1e-6)
+
+
+@pytest.mark.parametrize('fn,args,msg', [
+    (margin_contrastive_loss, (unit(4, 3), unit(3, 3)), 'positive must have 4 rows'),
+    (margin_contrastive_loss, (unit(4, 3), unit(4, 5)), 'positive must have embedding size 3'),
+    (margin_contrastive_loss, (unit(4, 3), unit(4, 3), unit(3, 2, 3)), 'negatives must have 4 rows'),
+    (margin_contrastive_loss, (unit(4, 3), unit(4, 3), unit(4, 2, 5)), 'negatives must have embedding size 3'),
+    (margin_contrastive_loss, (unit(4, 3), unit(4, 3), unit(4, 3)), 'negatives must have 3 dimensions'),
+    (margin_contrastive_loss, (unit(1, 3), unit(1, 3)), 'at least 2 rows'),
+    (triplet_ranking_loss, (unit(4, 3), unit(5, 3)), 'video must have 4 rows'),
+    (triplet_ranking_loss, (unit(5, 3), unit(4, 3)), 'video must have 5 rows'),
+    (triplet_ranking_loss, (unit(4, 3), unit(4, 2)), 'video must have embedding size 3'),
+    (triplet_ranking_loss, (unit(4, 3)[None], unit(4, 3)), 'text must have 2 dimensions'),
+])
+def test_margin_and_triplet_ranking_shape_errors(fn, args, msg):
+    with pytest.raises(ValueError, match=msg): fn(*args)

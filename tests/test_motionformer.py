@@ -49,3 +49,28 @@ def test_dry_run_full_config(tmp_path):
     from avlearn.training import train
     trainer = train(str(ROOT / 'configs' / 'motionformer_k400.yaml'), str(tmp_path), dry_run=True, progress=False)
     assert trainer.step == 2
+
+
+def test_full_scale_commands_in_notebook_are_valid():
+    "Every command of the notebook's 'At full scale' block parses with the real CLI, and its config + overrides build."
+    import shlex
+    import nbformat
+    from fastcore.script import anno_parser
+    from avlearn.training import train_cli
+    nb = nbformat.read(ROOT / 'nbs' / '14_motionformer.ipynb', as_version=4)
+    md = next(c.source for c in nb.cells if c.cell_type == 'markdown' and c.source.startswith('## At full scale'))
+    block = md.split('```sh')[1].split('```')[0].replace('\\\n', ' ')
+    parser = anno_parser(train_cli.__wrapped__)
+    approx = {}
+    for line in filter(None, (l.split('#')[0].strip() for l in block.splitlines())):
+        args = shlex.split(line.replace('$(which avlearn-train)', 'avlearn-train'))
+        if args[0] == 'torchrun':   # torchrun runs the installed script (the module has no __main__)
+            assert args[1].startswith('--nproc_per_node') and args[2] == 'avlearn-train' and '-m' not in args, line
+            args = args[2:]
+        assert args[0] == 'avlearn-train', line
+        ns = parser.parse_args(args[1:])                        # exits (SystemExit) on an unknown flag such as --dry-run
+        cfg = load_config(ROOT / ns.config, ns.set or ())
+        with torch.device('meta'):
+            model = METHODS['motionformer'](cfg).build_model()
+        approx[ns.out] = model.blocks[0].attn.approx
+    assert approx['runs/mformer_k400'] is None and approx['runs/mformer_ssv2'] == approx['runs/mformer_k400_ortho'] == 'orthoformer'
