@@ -48,8 +48,9 @@ def check_tensor(x, name: str, ndim: int | Sequence[int] | None = None, shape: S
         raise TypeError(f"{name} must be a floating-point tensor, got {x.dtype}")
     if dtype == 'int' and (x.is_floating_point() or x.is_complex() or x.dtype == torch.bool):
         raise TypeError(f"{name} must be an integer tensor, got {x.dtype}")
-    if finite and x.is_floating_point() and x.numel() and not torch.isfinite(x).all():
-        raise ValueError(f"{name} contains NaN or infinite values")
+    if finite and x.is_floating_point() and x.numel():
+        lo, hi = torch.aminmax(x.detach())   # NaN propagates into min/max: one read of x, no N-sized bool tensor
+        if not bool(torch.isfinite(lo) & torch.isfinite(hi)): raise ValueError(f"{name} contains NaN or infinite values")
     return x
 
 # %% ../nbs/00_core.ipynb #3229975c

@@ -49,6 +49,14 @@ def _allreduce(x: torch.Tensor, group, op=None) -> torch.Tensor:
     if _is_dist(group): dist.all_reduce(x, op=op or dist.ReduceOp.SUM, group=None if group == 'world' else group)
     return x
 
+#: exponents below these give subnormal results: exp(x < -87) in float32 is subnormal or 0, and subnormal arithmetic
+#: runs several times slower on CPUs; at lam = 20 a large share of the kernel lies there (benchmarks/sinkhorn.py)
+_EXP_FLOOR = {torch.float32: -87., torch.float64: -708.}
+
+def _exp_(M: torch.Tensor) -> torch.Tensor:
+    "exp in place, with exponents floored where exp stops being a normal float (a change of < 1.2e-38 per entry)."
+    return M.clamp_(min=_EXP_FLOOR[M.dtype]).exp_()
+
 def _stabilised_exponent(L: torch.Tensor, lam: float, dtype, a=None, b=None, rowmax=None) -> torch.Tensor:
     "lam * (L - rowmax L) [+ b_j] [+ a_i] in `dtype`: exponents <= 0 at each row's best cluster, so exp never overflows."
     M = L.to(dtype)
@@ -105,7 +113,7 @@ def sinkhorn_knopp(logits: torch.Tensor, lam: float = 20., prior: torch.Tensor |
     b = torch.where(colmax < -tau, -colmax, torch.zeros_like(colmax))       # (H, K) >= 0
     for h in range(H):
         if (b[h] > 0).any(): Ms[h].add_(b[h].to(dtype)[None, :])
-        Ks.append(Ms[h].exp_())
+        Ks.append(_exp_(Ms[h]))
     del Ms
     if prior is not None and permute_prior:
         # current cluster mass = column means of the row-normalised P^lam (undo the rescue shift; those clusters have ~0 mass)
@@ -169,7 +177,7 @@ def sinkhorn_knopp(logits: torch.Tensor, lam: float = 20., prior: torch.Tensor |
                 if not (torch.isfinite(u[h]).all() and torch.isfinite(v[h]).all()):
                     raise FloatingPointError("sinkhorn_knopp: scalings left the floating-point range; try dtype=torch.float64")
                 a[h] += u[h].to(torch.float64).log(); b[h] += v[h].to(torch.float64).log()
-                Ks[h] = _stabilised_exponent(L3[h], lam, dtype, a[h], b[h], rowmax=Lmax[h]).exp_()
+                Ks[h] = _exp_(_stabilised_exponent(L3[h], lam, dtype, a[h], b[h], rowmax=Lmax[h]))
                 u[h].fill_(1.); v[h].fill_(1.)
         history.append(it_err)
     secs = (time.perf_counter() - t0) / max(total_it, 1)

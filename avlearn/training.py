@@ -706,7 +706,8 @@ def train_cli(config: Param("YAML config (see configs/)", str) = None,
               no_progress: Param("no progress bar", store_true) = False):
     "Train any registered method; runs unchanged under torchrun."
     trainer = train(config, out, set or (), dry_run, not no_resume, not no_progress)
-    if dist.is_initialized(): dist.destroy_process_group()
+    if dist.is_initialized():          # leave together: rank 0 (which hosts the rendezvous store) must not exit first
+        dist.barrier(); dist.destroy_process_group()
     sys.exit(0)
 
 @call_parse
