@@ -510,6 +510,16 @@ class Trainer:
         if dist.is_initialized(): dist.all_reduce(loss); loss /= self.world   # log the loss of the whole batch
         return loss.item(), logs
 
+    def _equal_batches(self, batch: dict) -> dict:
+        """Cut every process's batch to the smallest one (skipped bad media shrink some): gathered negatives need equal
+        sizes, and a process with nothing left must not skip a step the others take (DDP would wait for it forever)."""
+        n = torch.tensor([len(batch['video']) if batch else 0], device=self.device)
+        dist.all_reduce(n, op=dist.ReduceOp.MIN)
+        m = int(n.item())
+        if m == 0: return {}
+        if m == len(batch['video']): return batch
+        return {k: v[:m] if isinstance(v, (torch.Tensor, list, tuple)) else v for k, v in batch.items()}
+
     def _on_sigterm(self, signum, frame): self.stop_requested = True
 
     def fit(self) -> str:
@@ -530,6 +540,7 @@ class Trainer:
                 if hasattr(self.train_set, 'set_epoch'): self.train_set.set_epoch(self.epoch)   # per-epoch random clip starts
                 for batch in self.loader:
                     self.batch_in_epoch += 1
+                    if self.world > 1: batch = self._equal_batches(batch)
                     if batch:                                    # empty when every item was skipped bad media
                         loss, logs = self.train_step(batch)
                         self.step += 1

@@ -214,3 +214,24 @@ def test_kill_during_checkpoint_write_leaves_no_corrupt_checkpoint(tmp_path, mon
     assert list(tmp_path.glob('.ckpt_*.tmp'))                                                # only its temp file did
     loaded, path = training.load_latest_checkpoint(tmp_path)
     assert path.name == 'ckpt_000000001.pt' and loaded['step'] == 1
+
+
+def test_two_processes_with_broken_files_train_to_the_end(tmp_path):
+    "Under torchrun, skipped files make the processes' batches unequal (or empty): every step still runs on all of them."
+    import csv
+    from avlearn.data import ToyWorld, ToyWorldConfig, export_clips
+    man = export_clips(ToyWorld(ToyWorldConfig(n_frames=16, size=32), n=12, seed=0), tmp_path / 'media')
+    rows = list(csv.DictReader(open(man)))
+    (tmp_path / 'media' / 'garbage.mp4').write_bytes(os.urandom(5000))
+    rows += [dict(rows[1], path='missing.mp4'), dict(rows[2], path='garbage.mp4'), dict(rows[3], path='missing.mp4')]
+    with open(man, 'w', newline='') as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0])); w.writeheader(); w.writerows(rows)
+    out = tmp_path / 'run'
+    r = subprocess.run(_train_cmd(out, 'data.kind=manifest', f'data.train_manifest={man}', f'data.test_manifest={man}',
+                                  'data.clip_duration=0.5', 'data.size=32', 'data.on_error=skip', 'data.batch_size=2',
+                                  'epochs=2', 'data.world={}',
+                                  launcher=(str(BIN / 'torchrun'), '--nproc_per_node=2', '--master_port=29519')),
+                       env=ENV, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr[-3000:]
+    st = _state(out)
+    assert st['epoch'] == 2 and st['world_size'] == 2 and 'bad media' in r.stdout
