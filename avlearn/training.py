@@ -6,11 +6,11 @@
 __all__ = ['METHODS', 'METHOD_MODULES', 'make_optimizer', 'train_steps', 'extract_features', 'AVModel', 'DataConfig',
            'ModelConfig', 'OptimConfig', 'TrainConfig', 'apply_overrides', 'resolve_config', 'load_config',
            'validate_config', 'config_to_dict', 'get_method', 'register_method', 'Method', 'build_av_model',
-           'CrossModalNCE', 'SyntheticAV', 'build_datasets', 'manifest_transforms', 'ResumableDistributedSampler',
-           'init_distributed', 'peak_lr', 'lr_factor', 'CheckpointError', 'save_checkpoint', 'list_checkpoints',
-           'load_checkpoint', 'load_latest_checkpoint', 'Trainer', 'to_channels_last_3d', 'threading_main',
-           'read_metrics', 'plot_losses', 'run_features', 'evaluate_model', 'evaluate_run', 'format_results',
-           'dry_run_config', 'train', 'train_cli', 'eval_cli']
+           'CrossModalNCE', 'AVIDCMA', 'SyntheticAV', 'build_datasets', 'manifest_transforms',
+           'ResumableDistributedSampler', 'init_distributed', 'peak_lr', 'lr_factor', 'CheckpointError',
+           'save_checkpoint', 'list_checkpoints', 'load_checkpoint', 'load_latest_checkpoint', 'Trainer',
+           'to_channels_last_3d', 'threading_main', 'read_metrics', 'plot_losses', 'run_features', 'evaluate_model',
+           'evaluate_run', 'format_results', 'dry_run_config', 'train', 'train_cli', 'eval_cli']
 
 # %% ../nbs/05_training.ipynb #69b13c71
 # (no `from __future__ import annotations`: fastcore.script reads the Param annotations at run time)
@@ -29,7 +29,7 @@ from .core import seed_everything, check_tensor, check_range, default_device
 from .data import ToyWorld, ToyWorldConfig
 from .models import build_encoder, ProjectionHead
 from .transforms import LogMelSpectrogram
-from .losses import cross_modal_nce
+from .losses import cross_modal_nce, MemoryBank, avid_cma_loss
 from .evaluation import linear_probe, retrieval_recall_at_k
 from .media import collate_skip
 
@@ -261,6 +261,10 @@ class Method:
         "Called on every process before each epoch's first batch (not when resuming mid-epoch): e.g. re-cluster the data."
     def state_dict(self) -> dict: return {}
     def load_state_dict(self, state: dict): pass
+    @classmethod
+    def min_clips(cls, cfg: TrainConfig) -> int:
+        "The smallest training set the method accepts (dry runs build one this big)."
+        return 1
 
 def _unwrap(model):
     "The plain model inside any stack of torch.compile (`_orig_mod`) and DistributedDataParallel (`module`) wrappers."
@@ -285,6 +289,76 @@ class CrossModalNCE(Method):
         loss = cross_modal_nce(v, a, temperature=t, detach_keys=self.cfg.method_args.get('detach_keys', False),
                                distributed=dist.is_initialized())
         return loss, {}
+
+# %% ../nbs/05_training.ipynb #c3345f41
+def _gather_rows(x: torch.Tensor) -> torch.Tensor:
+    "Concatenate `x` (B, ...) from every process in rank order (no gradient; B must agree, as `Trainer` guarantees)."
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1: return x
+    out = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+    dist.all_gather(out, x.contiguous())
+    return torch.cat(out)
+
+@register_method('avid_cma')
+class AVIDCMA(Method):
+    """AVID (eq. 1) with cross-modal-agreement positives (eqs. 2-3) from epoch `cma_start_epoch`, against a memory bank
+    of every training clip (`method_args`: temperature, n_negatives, momentum, cma_k, cma_weight, cma_start_epoch, kind)."""
+    ARGS = dict(temperature=0.07, n_negatives=1024, momentum=0.5, cma_k=32, cma_weight=1., cma_start_epoch=0, kind='nce')
+    def __init__(self, cfg: TrainConfig, dataset_size: int = 0):
+        super().__init__(cfg, dataset_size)
+        unknown = set(cfg.method_args) - set(self.ARGS)
+        if unknown: raise ValueError(f"method_args for avid_cma has unknown keys {sorted(unknown)}; expected some of {sorted(self.ARGS)}")
+        self.args = {**self.ARGS, **cfg.method_args}
+        if dataset_size < self.min_clips(cfg):
+            raise ValueError(f"avid_cma needs a training set of at least max(2, method_args.cma_k + 1) = {self.min_clips(cfg)} clips "
+                             f"(one memory-bank row each, cma_k={self.args['cma_k']} positives besides the clip itself), got {dataset_size}")
+        self.bank = MemoryBank(dataset_size, cfg.model.proj_dim, momentum=self.args['momentum'], seed=cfg.seed)
+        self.step, self.epoch, self.z = 0, 0, None
+
+    @classmethod
+    def min_clips(cls, cfg): return max(2, int(cfg.method_args.get('cma_k', cls.ARGS['cma_k'])) + 1)
+    def build_model(self): return build_av_model(self.cfg)
+
+    @torch.no_grad()
+    def _estimate_z(self, v, a, neg) -> float:
+        "NCE normaliser Z = N * mean exp(q.n / t) over the first global batch's cross-modal negatives, then fixed (AVID's code)."
+        t = self.args['temperature']
+        s = torch.cat([torch.einsum('bd,bkd->bk', v, self.bank.get('audio', neg)).flatten(),
+                       torch.einsum('bd,bkd->bk', a, self.bank.get('video', neg)).flatten()]).double() / t
+        lse = _gather_rows(torch.logsumexp(s, 0, keepdim=True))             # one log-sum-exp per process
+        count = s.numel() * lse.numel()                                     # batches are equal on every process
+        return float(math.exp(math.log(self.bank.n) + torch.logsumexp(lse, 0).item() - math.log(count)))
+    def on_epoch_start(self, trainer): self.epoch = trainer.epoch
+
+    def loss(self, model, batch):
+        v, a = model(batch['video'], batch['audio'])
+        v, a = v.float(), a.float()                      # the bank is float32 whatever the autocast
+        if self.bank.bank_video.device != v.device: self.bank.to(v.device)
+        index = batch['index'].to(v.device)
+        everyone = _gather_rows(index)                   # the global batch, in rank order
+        rank = dist.get_rank() if dist.is_initialized() else 0
+        g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + self.step)
+        # draw in sorted-index order: which process holds which clip (and in what order) then changes nothing
+        order = everyone.cpu().argsort()
+        neg = torch.empty(len(everyone), self.args['n_negatives'], dtype=torch.long)
+        neg[order] = self.bank.sample_negatives(everyone.cpu()[order], self.args['n_negatives'], g).cpu()
+        neg = neg[rank * len(index):(rank + 1) * len(index)].to(v.device)
+        cma_k = self.args['cma_k'] if self.epoch >= self.args['cma_start_epoch'] else 0
+        if self.args['kind'] == 'nce' and self.z is None: self.z = self._estimate_z(v, a, neg)
+        loss = avid_cma_loss(v, a, index, self.bank, temperature=self.args['temperature'], cma_k=cma_k,
+                             cma_weight=self.args['cma_weight'], kind=self.args['kind'], negatives=neg, z=self.z)
+        # the loss has read the bank; now every process writes the whole global batch into its copy
+        self.bank.update('video', everyone, _gather_rows(v.detach()))
+        self.bank.update('audio', everyone, _gather_rows(a.detach()))
+        self.step += 1
+        return loss, dict(cma=float(cma_k > 0))
+
+    def state_dict(self): return dict(bank={k: t.cpu() for k, t in self.bank.state_dict().items()}, step=self.step, epoch=self.epoch, z=self.z)
+    def load_state_dict(self, state):
+        if not state: return
+        rows = state['bank']['bank_video'].shape[0]
+        if rows != self.bank.n:
+            raise ValueError(f"checkpoint memory bank has {rows} rows but the training set has {self.bank.n} clips: same data.* settings needed to resume")
+        self.bank.load_state_dict(state['bank']); self.step, self.epoch, self.z = state['step'], state['epoch'], state['z']
 
 # %% ../nbs/05_training.ipynb #7e01babc
 class SyntheticAV(Dataset):
@@ -682,7 +756,8 @@ def dry_run_config(cfg: TrainConfig) -> TrainConfig:
     "The same model and method on synthetic tensors of the real shapes, for 2 steps of 2 clips."
     d = cfg.data
     n_frames = d.n_frames if d.kind == 'synthetic' else max(1, int(round(d.clip_duration * d.fps)))
-    data = replace(d, kind='synthetic', batch_size=2, n_train=4, n_test=2, num_workers=0, n_frames=n_frames)
+    data = replace(d, kind='synthetic', batch_size=2, n_train=max(4, get_method(cfg.method).min_clips(cfg)), n_test=2,
+                   num_workers=0, n_frames=n_frames)
     return replace(cfg, data=data, max_steps=2, epochs=1, checkpoint_every=10 ** 9, precision='fp32' if not torch.cuda.is_available() else cfg.precision)
 
 def train(config: str = None, out: str = 'runs/train', overrides: Sequence[str] = (), dry_run: bool = False,

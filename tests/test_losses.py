@@ -318,3 +318,18 @@ def test_avid_cma_loss_argument_errors():
 ])
 def test_margin_and_triplet_ranking_shape_errors(fn, args, msg):
     with pytest.raises(ValueError, match=msg): fn(*args)
+
+
+def test_avid_cma_loss_with_negatives_drawn_by_the_caller():
+    torch.manual_seed(0)
+    bank = MemoryBank(20, 8, seed=0)
+    v, a = F.normalize(torch.randn(4, 8), dim=1), F.normalize(torch.randn(4, 8), dim=1)
+    idx = torch.tensor([0, 5, 9, 19])
+    neg = bank.sample_negatives(idx, 16, torch.Generator().manual_seed(1))
+    drawn = avid_cma_loss(v, a, idx, bank, n_negatives=16, cma_k=3, generator=torch.Generator().manual_seed(1))
+    given = avid_cma_loss(v, a, idx, bank, cma_k=3, negatives=neg)
+    assert torch.equal(drawn, given)
+    bad = neg.clone(); bad[2, 0] = 9                     # row 2 is sample 9: its own memory is not a negative
+    with pytest.raises(ValueError, match="own index"): avid_cma_loss(v, a, idx, bank, negatives=bad)
+    with pytest.raises(ValueError, match="negatives"): avid_cma_loss(v, a, idx, bank, negatives=neg[:3])
+    with pytest.raises(ValueError, match="negatives"): avid_cma_loss(v, a, idx, bank, negatives=neg + 20)

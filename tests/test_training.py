@@ -34,15 +34,21 @@ def _state(out):
     return state
 
 
-def test_two_process_ddp_equals_one_process(tmp_path):
+def _one_and_two_processes(tmp_path, steps, port, *extra):
+    "Final states of the same run as 1 process x 16 clips and as 2 torchrun processes x 8 clips."
     one, two = tmp_path / 'one', tmp_path / 'two'
-    subprocess.run(_train_cmd(one, 'data.batch_size=16', 'max_steps=4'), check=True, env=ENV, capture_output=True)
-    r = subprocess.run(_train_cmd(two, 'data.batch_size=8', 'max_steps=4',
-                                  launcher=(str(BIN / 'torchrun'), '--nproc_per_node=2', '--master_port=29517')),
+    subprocess.run(_train_cmd(one, *extra, 'data.batch_size=16', f'max_steps={steps}'), check=True, env=ENV, capture_output=True)
+    r = subprocess.run(_train_cmd(two, *extra, 'data.batch_size=8', f'max_steps={steps}',
+                                  launcher=(str(BIN / 'torchrun'), '--nproc_per_node=2', f'--master_port={port}')),
                        env=ENV, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-3000:]
     a, b = _state(one), _state(two)
-    assert a['step'] == b['step'] == 4 and b['world_size'] == 2
+    assert a['step'] == b['step'] == steps and b['world_size'] == 2
+    return one, two, a, b
+
+
+def test_two_process_ddp_equals_one_process(tmp_path):
+    one, two, a, b = _one_and_two_processes(tmp_path, 4, 29517)
     assert torch.allclose(torch.tensor(_losses(one)), torch.tensor(_losses(two)), atol=1e-5)
     for k in a['model']:
         if a['model'][k].is_floating_point():
@@ -235,3 +241,33 @@ def test_two_processes_with_broken_files_train_to_the_end(tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr[-3000:]
     st = _state(out)
     assert st['epoch'] == 2 and st['world_size'] == 2 and 'bad media' in r.stdout
+
+
+AVID = ['method=avid_cma', 'method_args={n_negatives: 32, cma_k: 4, cma_start_epoch: 1}']
+
+
+def test_avid_cma_two_processes_equal_one_process(tmp_path):
+    """The memory bank under torchrun: every process writes the whole global batch into its bank and draws the global
+    batch's negatives from one seeded generator, so 2 processes x 8 clips = 1 process x 16 clips, bank included."""
+    one, two, a, b = _one_and_two_processes(tmp_path, 6, 29521, *AVID)
+    # steps 5-6 are in epoch 1 (4 steps per epoch): CMA positives are on there, and negatives read rows the other rank wrote
+    assert torch.allclose(torch.tensor(_losses(one)), torch.tensor(_losses(two)), atol=1e-5)
+    for k in ('bank_video', 'bank_audio'):
+        assert torch.allclose(a['method']['bank'][k], b['method']['bank'][k], atol=1e-5), k
+    for k in a['model']:
+        if a['model'][k].is_floating_point(): assert torch.allclose(a['model'][k], b['model'][k], atol=1e-5), k
+
+
+def test_avid_cma_resume_mid_epoch_restores_the_bank(tmp_path):
+    "Resuming from a mid-epoch checkpoint continues the uninterrupted run exactly: bank, step-seeded negatives, CMA epoch."
+    import shutil
+    full, resumed = tmp_path / 'full', tmp_path / 'resumed'
+    subprocess.run(_train_cmd(full, *AVID, 'data.batch_size=16', 'checkpoint_every=2'), check=True, env=ENV, capture_output=True)
+    resumed.mkdir(); shutil.copy(full / 'ckpt_000000006.pt', resumed)            # epoch 1, batch 2 of 4
+    st = torch.load(resumed / 'ckpt_000000006.pt', weights_only=False)
+    assert st['batch_in_epoch'] == 2 and st['method']['step'] == 6 and st['method']['bank']['bank_video'].shape == (64, 8)
+    subprocess.run(_train_cmd(resumed, *AVID, 'data.batch_size=16', 'checkpoint_every=2'), check=True, env=ENV, capture_output=True)
+    a, b = _state(full), _state(resumed)
+    assert a['step'] == b['step'] == 12
+    assert torch.allclose(torch.tensor(_losses(full)[6:]), torch.tensor(_losses(resumed)), atol=1e-6)
+    for k in ('bank_video', 'bank_audio'): assert torch.equal(a['method']['bank'][k], b['method']['bank'][k]), k
