@@ -210,12 +210,13 @@ def memory_nce(query: torch.Tensor, positive: torch.Tensor, negatives: torch.Ten
 def avid_cma_loss(video: torch.Tensor, audio: torch.Tensor, index: torch.Tensor, bank: MemoryBank,
                   n_negatives: int = 1024, temperature: float = 0.07, cma_k: int = 0, cma_weight: float = 1.0,
                   generator: torch.Generator | None = None, kind: str = 'softmax', negatives: torch.Tensor | None = None,
-                  z: float | None = None) -> torch.Tensor:
+                  z: float | None = None, z_cma: float | None = None) -> torch.Tensor:
     """AVID (eq. 1, cross-modal memory NCE) plus, if `cma_k` > 0, `cma_weight` x the CMA term (eq. 2, within-modal NCE
     to the top-`cma_k` agreement positives, averaged over them). `kind` picks `memory_nce`'s form. `negatives`: bank
     indices (B, K) drawn by the caller (e.g. for a batch spread over processes), else `n_negatives` are drawn here with
-    `generator`. `z`: the fixed NCE normaliser for `kind='nce'` (AVID's code estimates it once, at the first step);
-    None estimates it from this call's negatives. Does not update the bank."""
+    `generator`. `z`, `z_cma`: fixed NCE normalisers of the cross-modal and the CMA (within-modal) terms for
+    `kind='nce'` (AVID's code estimates each once, at its first use: their scores live on different scales); None
+    estimates them from this call's negatives. Does not update the bank."""
     _check_embeddings(video, 'video', dim=bank.dim)
     _check_embeddings(audio, 'audio', dim=bank.dim, rows=video.shape[0])
     check_tensor(index, 'index', ndim=1, shape=(video.shape[0],), dtype='int')
@@ -231,12 +232,12 @@ def avid_cma_loss(video: torch.Tensor, audio: torch.Tensor, index: torch.Tensor,
     else:
         neg = bank._check_index(negatives, 'negatives'); check_tensor(neg, 'negatives', ndim=2, shape=(video.shape[0], None))
         if (neg == bank._check_index(index)[:, None]).any(): raise ValueError("negatives must not contain the row's own index")
-    nce = lambda q, p, n: memory_nce(q, p, n, temperature, kind=kind, n_data=bank.n, z=z)
-    loss = nce(video, bank.get('audio', index), bank.get('audio', neg)) + nce(audio, bank.get('video', index), bank.get('video', neg))
+    nce = lambda q, p, n, z_: memory_nce(q, p, n, temperature, kind=kind, n_data=bank.n, z=z_)
+    loss = nce(video, bank.get('audio', index), bank.get('audio', neg), z) + nce(audio, bank.get('video', index), bank.get('video', neg), z)
     if cma_k > 0:
         pos = bank.cma_positives(index, cma_k)
-        loss = loss + cma_weight * (nce(video, bank.get('video', pos), bank.get('video', neg)) +
-                                    nce(audio, bank.get('audio', pos), bank.get('audio', neg)))
+        loss = loss + cma_weight * (nce(video, bank.get('video', pos), bank.get('video', neg), z_cma) +
+                                    nce(audio, bank.get('audio', pos), bank.get('audio', neg), z_cma))
     return loss
 
 # %% ../nbs/03_losses.ipynb #b0b92d14

@@ -312,18 +312,20 @@ class AVIDCMA(Method):
             raise ValueError(f"avid_cma needs a training set of at least max(2, method_args.cma_k + 1) = {self.min_clips(cfg)} clips "
                              f"(one memory-bank row each, cma_k={self.args['cma_k']} positives besides the clip itself), got {dataset_size}")
         self.bank = MemoryBank(dataset_size, cfg.model.proj_dim, momentum=self.args['momentum'], seed=cfg.seed)
-        self.step, self.epoch, self.z = 0, 0, None
+        self.step, self.epoch, self.z, self.z_cma = 0, 0, None, None
 
     @classmethod
     def min_clips(cls, cfg): return max(2, int(cfg.method_args.get('cma_k', cls.ARGS['cma_k'])) + 1)
     def build_model(self): return build_av_model(self.cfg)
 
     @torch.no_grad()
-    def _estimate_z(self, v, a, neg) -> float:
-        "NCE normaliser Z = N * mean exp(q.n / t) over the first global batch's cross-modal negatives, then fixed (AVID's code)."
+    def _estimate_z(self, v, a, neg, within: bool) -> float:
+        """NCE normaliser Z = N * mean exp(q.n / t) over this global batch's negatives, cross-modal (v against audio
+        memories, a against video ones) or `within` a modality (for the CMA terms); then fixed, as in AVID's code."""
         t = self.args['temperature']
-        s = torch.cat([torch.einsum('bd,bkd->bk', v, self.bank.get('audio', neg)).flatten(),
-                       torch.einsum('bd,bkd->bk', a, self.bank.get('video', neg)).flatten()]).double() / t
+        kv, ka = ('video', 'audio') if within else ('audio', 'video')
+        s = torch.cat([torch.einsum('bd,bkd->bk', v, self.bank.get(kv, neg)).flatten(),
+                       torch.einsum('bd,bkd->bk', a, self.bank.get(ka, neg)).flatten()]).double() / t
         lse = _gather_rows(torch.logsumexp(s, 0, keepdim=True))             # one log-sum-exp per process
         count = s.numel() * lse.numel()                                     # batches are equal on every process
         return float(math.exp(math.log(self.bank.n) + torch.logsumexp(lse, 0).item() - math.log(count)))
@@ -343,22 +345,24 @@ class AVIDCMA(Method):
         neg[order] = self.bank.sample_negatives(everyone.cpu()[order], self.args['n_negatives'], g).cpu()
         neg = neg[rank * len(index):(rank + 1) * len(index)].to(v.device)
         cma_k = self.args['cma_k'] if self.epoch >= self.args['cma_start_epoch'] else 0
-        if self.args['kind'] == 'nce' and self.z is None: self.z = self._estimate_z(v, a, neg)
+        if self.args['kind'] == 'nce':   # each term's normaliser once, at its first use (cross-modal now, CMA when it starts)
+            if self.z is None: self.z = self._estimate_z(v, a, neg, within=False)
+            if cma_k and self.z_cma is None: self.z_cma = self._estimate_z(v, a, neg, within=True)
         loss = avid_cma_loss(v, a, index, self.bank, temperature=self.args['temperature'], cma_k=cma_k,
-                             cma_weight=self.args['cma_weight'], kind=self.args['kind'], negatives=neg, z=self.z)
+                             cma_weight=self.args['cma_weight'], kind=self.args['kind'], negatives=neg, z=self.z, z_cma=self.z_cma)
         # the loss has read the bank; now every process writes the whole global batch into its copy
         self.bank.update('video', everyone, _gather_rows(v.detach()))
         self.bank.update('audio', everyone, _gather_rows(a.detach()))
         self.step += 1
         return loss, dict(cma=float(cma_k > 0))
 
-    def state_dict(self): return dict(bank={k: t.cpu() for k, t in self.bank.state_dict().items()}, step=self.step, epoch=self.epoch, z=self.z)
+    def state_dict(self): return dict(bank={k: t.cpu() for k, t in self.bank.state_dict().items()}, step=self.step, epoch=self.epoch, z=self.z, z_cma=self.z_cma)
     def load_state_dict(self, state):
         if not state: return
         rows = state['bank']['bank_video'].shape[0]
         if rows != self.bank.n:
             raise ValueError(f"checkpoint memory bank has {rows} rows but the training set has {self.bank.n} clips: same data.* settings needed to resume")
-        self.bank.load_state_dict(state['bank']); self.step, self.epoch, self.z = state['step'], state['epoch'], state['z']
+        self.bank.load_state_dict(state['bank']); self.step, self.epoch, self.z, self.z_cma = state['step'], state['epoch'], state['z'], state['z_cma']
 
 # %% ../nbs/05_training.ipynb #7e01babc
 class SyntheticAV(Dataset):

@@ -333,3 +333,18 @@ def test_avid_cma_loss_with_negatives_drawn_by_the_caller():
     with pytest.raises(ValueError, match="own index"): avid_cma_loss(v, a, idx, bank, negatives=bad)
     with pytest.raises(ValueError, match="negatives"): avid_cma_loss(v, a, idx, bank, negatives=neg[:3])
     with pytest.raises(ValueError, match="negatives"): avid_cma_loss(v, a, idx, bank, negatives=neg + 20)
+
+
+def test_avid_cma_loss_fixed_normalisers_per_term():
+    "z normalises the cross-modal terms (eq. 1) and z_cma the CMA terms (eq. 2): their scores live on different scales."
+    torch.manual_seed(0)
+    bank = MemoryBank(20, 8, seed=0)
+    v, a = F.normalize(torch.randn(4, 8), dim=1), F.normalize(torch.randn(4, 8), dim=1)
+    idx = torch.tensor([0, 5, 9, 19])
+    neg = bank.sample_negatives(idx, 16, torch.Generator().manual_seed(1))
+    base = avid_cma_loss(v, a, idx, bank, kind='nce', negatives=neg, z=5.)
+    both = avid_cma_loss(v, a, idx, bank, kind='nce', negatives=neg, z=5., cma_k=3, z_cma=7.)
+    pos = bank.cma_positives(idx, 3)
+    cma = sum(memory_nce(q, bank.get(m, pos), bank.get(m, neg), 0.07, kind='nce', n_data=20, z=7.) for q, m in ((v, 'video'), (a, 'audio')))
+    assert torch.allclose(both, base + cma)
+    assert not torch.allclose(both, avid_cma_loss(v, a, idx, bank, kind='nce', negatives=neg, z=5., cma_k=3, z_cma=50.))
