@@ -12,9 +12,9 @@ import torch.distributed as dist
 from .core import check_tensor, check_range
 
 # %% auto #0
-__all__ = ['all_gather_with_grad', 'info_nce', 'nt_xent', 'cross_modal_nce', 'MemoryBank', 'memory_nce', 'avid_cma_loss',
-           'triplet_ranking_loss', 'margin_contrastive_loss', 'triplet_margin_loss', 'cluster_triplet_loss',
-           'cluster_negatives', 'composition_loss']
+__all__ = ['all_gather_rows', 'all_gather_with_grad', 'info_nce', 'nt_xent', 'cross_modal_nce', 'MemoryBank', 'memory_nce',
+           'avid_cma_loss', 'triplet_ranking_loss', 'margin_contrastive_loss', 'triplet_margin_loss',
+           'cluster_triplet_loss', 'cluster_negatives', 'composition_loss']
 
 # %% ../nbs/03_losses.ipynb #b61549b6
 def _check_embeddings(x, name, dim=None, rows=None, ndim=2):
@@ -33,13 +33,29 @@ def _world():
     return 0, 1
 
 # %% ../nbs/03_losses.ipynb #8e522f94
+def _row_counts(x: torch.Tensor, group=None) -> list:
+    "Every process's number of rows of `x`, in rank order."
+    n = torch.tensor([x.shape[0]], dtype=torch.long, device=x.device)
+    sizes = [torch.zeros_like(n) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(sizes, n, group=group)
+    return [int(s) for s in sizes]
+
+def all_gather_rows(x: torch.Tensor, group=None) -> torch.Tensor:
+    """Concatenate `x` (n, ...) of any dtype from every process of `group` (None: all of them) in rank order, without
+    gradient (indices, labels, features that only get stored); n may differ between processes (padded for the
+    collective, then trimmed). Identity outside a process group."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size(group) == 1: return x
+    sizes = _row_counts(x, group)
+    pad = x.new_zeros((max(sizes), *x.shape[1:])); pad[:x.shape[0]] = x.detach()
+    parts = [torch.empty_like(pad) for _ in sizes]
+    dist.all_gather(parts, pad, group=group)
+    return torch.cat([p[:s] for p, s in zip(parts, sizes)])
+
 class _AllGatherWithGrad(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x):
         rank, world = _world()
-        sizes = [torch.zeros(1, dtype=torch.long, device=x.device) for _ in range(world)]
-        dist.all_gather(sizes, torch.tensor([x.shape[0]], dtype=torch.long, device=x.device))
-        sizes = [int(s) for s in sizes]
+        sizes = _row_counts(x)
         if len(set(sizes)) != 1:
             raise ValueError(f"all_gather_with_grad: every process must pass the same number of rows, got {sizes}")
         ctx.rank, ctx.rows = rank, x.shape[0]

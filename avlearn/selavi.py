@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, Subset
 from scipy.optimize import linear_sum_assignment
 from .core import check_tensor, check_range
 from .sinkhorn import sinkhorn_knopp, SinkhornResult
+from .losses import all_gather_rows
 from .evaluation import clustering_metrics
 
 # %% auto #0
@@ -212,15 +213,6 @@ def _group_world(group):
     pg = None if group == 'world' else group
     return pg, dist.get_world_size(pg)
 
-def _all_gather_rows(x: torch.Tensor, pg, world: int) -> torch.Tensor:
-    "Concatenate the last dimension of `x` over processes; the sizes may differ (padded for the collective, then trimmed)."
-    n = torch.tensor([x.shape[-1]], device=x.device)
-    sizes = [torch.zeros_like(n) for _ in range(world)]; dist.all_gather(sizes, n, group=pg)
-    sizes = [int(s) for s in sizes]; m = max(sizes)
-    pad = torch.full((*x.shape[:-1], m), -1, dtype=x.dtype, device=x.device); pad[..., :x.shape[-1]] = x
-    parts = [torch.empty_like(pad) for _ in range(world)]; dist.all_gather(parts, pad, group=pg)
-    return torch.cat([p[..., :s] for p, s in zip(parts, sizes)], -1)
-
 def cluster_shards(logp: torch.Tensor, index: torch.Tensor, N: int, lam: float = 20., priors: torch.Tensor | None = None,
                    tol: float = 1e-3, max_iter: int = 1000, dtype: torch.dtype = torch.float32, group=None) -> tuple:
     """SeLaVi's labelling step over a dataset of `N` items spread over processes: this process holds the spliced
@@ -234,7 +226,7 @@ def cluster_shards(logp: torch.Tensor, index: torch.Tensor, N: int, lam: float =
     res = sinkhorn_knopp(logp, lam=lam, prior=priors, tol=tol, max_iter=max_iter, dtype=dtype, group=group, return_assignments=False)
     lab, idx = res.labels, index.to(device=res.labels.device, dtype=torch.long)
     pg, world = _group_world(group)
-    if world > 1: lab, idx = _all_gather_rows(lab, pg, world), _all_gather_rows(idx, pg, world)
+    if world > 1: lab, idx = all_gather_rows(lab.T.contiguous(), pg).T, all_gather_rows(idx, pg)   # shards may differ in size
     if torch.unique(idx).numel() != idx.numel(): raise ValueError("index holds the same dataset item more than once (over all processes)")
     table = torch.full((logp.shape[0], N), -1, dtype=torch.long, device=lab.device)
     table[:, idx] = lab
@@ -258,13 +250,6 @@ def _check_selavi_args(a: dict):
     if not isinstance(a['decorrelated_heads'], bool): raise TypeError(f"method_args.decorrelated_heads must be true or false, got {a['decorrelated_heads']!r}")
     if a['decorrelated_heads'] and a['n_heads'] < 2: raise ValueError("method_args.decorrelated_heads needs n_heads >= 2 (half the heads see each augmentation)")
 
-def _inner(model: nn.Module) -> nn.Module:
-    "The model under any DistributedDataParallel / torch.compile wrappers."
-    while True:
-        m = _unwrap(model)
-        if m is model: return m
-        model = m
-
 @register_method('selavi')
 class SeLaViMethod(Method):
     """SeLaVi for `avlearn-train`: clustering heads on the encoders of `cfg.model`, a label table for the whole training
@@ -284,7 +269,7 @@ class SeLaViMethod(Method):
         self.clustered_epochs, self.aligned, self.history = [], a['align'] == 'none', []
 
     def build_model(self): return SeLaViAVModel(build_av_model(self.cfg), self.args['K'], self.args['n_heads'], self.args['head_hidden'])
-    def features(self, model, batch): return _inner(model).video_features(batch['video'])
+    def features(self, model, batch): return _unwrap(model).video_features(batch['video'])
 
     # ---- state: the label table and what produced it --------------------------------------------------------
     def state_dict(self) -> dict:
@@ -336,7 +321,7 @@ class SeLaViMethod(Method):
         nw = self.cfg.data.num_workers
         loader = DataLoader(shard, batch_size=self.args['cluster_batch_size'] or self.cfg.data.batch_size, shuffle=False,
                             num_workers=nw, collate_fn=collate_skip, pin_memory=trainer.device.type == 'cuda')
-        model = _inner(trainer.model); was = model.training; model.eval()
+        model = _unwrap(trainer.model); was = model.training; model.eval()
         if trainer.world > 1 and dist.is_initialized():        # BatchNorm running statistics: rank 0's on every process, as DDP does
             for buf in model.buffers(): dist.broadcast(buf, 0)
         try:
@@ -357,7 +342,7 @@ class SeLaViMethod(Method):
         self._shard_pass(trainer, acc)
         if trainer.world > 1: dist.all_reduce(D)
         g = torch.Generator().manual_seed(self.cfg.seed)                      # greedy: the same swaps on every process
-        model, costs = _inner(trainer.model), []
+        model, costs = _unwrap(trainer.model), []
         for h in range(H):
             perm, cost = solve_alignment(D[h], a['align'], a['greedy_swaps'], a['greedy_restarts'], g)
             permute_head_clusters(model.heads['audio'][h], perm)

@@ -29,7 +29,7 @@ from .core import seed_everything, check_tensor, check_range, default_device
 from .data import ToyWorld, ToyWorldConfig
 from .models import build_encoder, ProjectionHead
 from .transforms import LogMelSpectrogram
-from .losses import cross_modal_nce, MemoryBank, avid_cma_loss
+from .losses import cross_modal_nce, MemoryBank, avid_cma_loss, all_gather_rows
 from .evaluation import linear_probe, retrieval_recall_at_k
 from .media import collate_skip
 
@@ -291,13 +291,6 @@ class CrossModalNCE(Method):
         return loss, {}
 
 # %% ../nbs/05_training.ipynb #c3345f41
-def _gather_rows(x: torch.Tensor) -> torch.Tensor:
-    "Concatenate `x` (B, ...) from every process in rank order (no gradient; B must agree, as `Trainer` guarantees)."
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1: return x
-    out = [torch.empty_like(x) for _ in range(dist.get_world_size())]
-    dist.all_gather(out, x.contiguous())
-    return torch.cat(out)
-
 @register_method('avid_cma')
 class AVIDCMA(Method):
     """AVID (eq. 1) with cross-modal-agreement positives (eqs. 2-3) from epoch `cma_start_epoch`, against a memory bank
@@ -317,6 +310,7 @@ class AVIDCMA(Method):
     @classmethod
     def min_clips(cls, cfg): return max(2, int(cfg.method_args.get('cma_k', cls.ARGS['cma_k'])) + 1)
     def build_model(self): return build_av_model(self.cfg)
+    def on_epoch_start(self, trainer): self.epoch = trainer.epoch
 
     @torch.no_grad()
     def _estimate_z(self, v, a, neg, within: bool) -> float:
@@ -326,23 +320,22 @@ class AVIDCMA(Method):
         kv, ka = ('video', 'audio') if within else ('audio', 'video')
         s = torch.cat([torch.einsum('bd,bkd->bk', v, self.bank.get(kv, neg)).flatten(),
                        torch.einsum('bd,bkd->bk', a, self.bank.get(ka, neg)).flatten()]).double() / t
-        lse = _gather_rows(torch.logsumexp(s, 0, keepdim=True))             # one log-sum-exp per process
+        lse = all_gather_rows(torch.logsumexp(s, 0, keepdim=True))             # one log-sum-exp per process
         count = s.numel() * lse.numel()                                     # batches are equal on every process
         return float(math.exp(math.log(self.bank.n) + torch.logsumexp(lse, 0).item() - math.log(count)))
-    def on_epoch_start(self, trainer): self.epoch = trainer.epoch
 
     def loss(self, model, batch):
         v, a = model(batch['video'], batch['audio'])
         v, a = v.float(), a.float()                      # the bank is float32 whatever the autocast
         if self.bank.bank_video.device != v.device: self.bank.to(v.device)
         index = batch['index'].to(v.device)
-        everyone = _gather_rows(index)                   # the global batch, in rank order
+        everyone = all_gather_rows(index)                   # the global batch, in rank order
         rank = dist.get_rank() if dist.is_initialized() else 0
         g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + self.step)
         # draw in sorted-index order: which process holds which clip (and in what order) then changes nothing
-        order = everyone.cpu().argsort()
-        neg = torch.empty(len(everyone), self.args['n_negatives'], dtype=torch.long)
-        neg[order] = self.bank.sample_negatives(everyone.cpu()[order], self.args['n_negatives'], g).cpu()
+        ids = everyone.cpu(); order = ids.argsort()
+        neg = torch.empty(len(ids), self.args['n_negatives'], dtype=torch.long)
+        neg[order] = self.bank.sample_negatives(ids[order], self.args['n_negatives'], g).cpu()
         neg = neg[rank * len(index):(rank + 1) * len(index)].to(v.device)
         cma_k = self.args['cma_k'] if self.epoch >= self.args['cma_start_epoch'] else 0
         if self.args['kind'] == 'nce':   # each term's normaliser once, at its first use (cross-modal now, CMA when it starts)
@@ -351,8 +344,8 @@ class AVIDCMA(Method):
         loss = avid_cma_loss(v, a, index, self.bank, temperature=self.args['temperature'], cma_k=cma_k,
                              cma_weight=self.args['cma_weight'], kind=self.args['kind'], negatives=neg, z=self.z, z_cma=self.z_cma)
         # the loss has read the bank; now every process writes the whole global batch into its copy
-        self.bank.update('video', everyone, _gather_rows(v.detach()))
-        self.bank.update('audio', everyone, _gather_rows(a.detach()))
+        self.bank.update('video', everyone, all_gather_rows(v.detach()))
+        self.bank.update('audio', everyone, all_gather_rows(a.detach()))
         self.step += 1
         return loss, dict(cma=float(cma_k > 0))
 

@@ -36,15 +36,21 @@ def test_gdt_nce_matches_literal_eq1(weight, ts, tr):
     assert abs(gdt_nce(z, c, w, 0.2).item() - got / n_pos) < 1e-10
 
 
+def _random_factors(rng, n: int, k_hi: int) -> list:
+    "n random factors f0, f1, ...: mode d / i / ., k in [1, k_hi) (1 when unused), a space in [k, k + k_hi) or (30%) continuous."
+    fs = []
+    for j in range(n):
+        mode = str(rng.choice(list(MODES)))
+        k = 1 if mode == '.' else int(rng.integers(1, k_hi))
+        fs.append(Factor(f'f{j}', mode, k, None if rng.random() < .3 else int(rng.integers(k, k + k_hi))))
+    return fs
+
+
 def test_sampler_on_many_random_settings_with_cross_modal_weight():
     rng, g = np.random.default_rng(1), torch.Generator().manual_seed(1)
     ok = 0
     for _ in range(500):
-        fs = [Factor('m', 'i', 2, space=2)]
-        for j in range(int(rng.integers(1, 5))):
-            mode = str(rng.choice(list(MODES)))
-            k = 1 if mode == '.' else int(rng.integers(1, 4))
-            fs.append(Factor(f'f{j}', mode, k, None if rng.random() < .3 else int(rng.integers(k, k + 4))))
+        fs = [Factor('m', 'i', 2, space=2)] + _random_factors(rng, int(rng.integers(1, 5)), 4)
         rng.shuffle(fs)
         spec = GDTSpec(fs)
         try: spec.check()
@@ -65,11 +71,7 @@ def test_unused_factors_are_drawn_once_per_distinctive_branch():
     n_checked = 0
     for _ in range(300):
         fs = [Factor('i', 'd', int(rng.integers(2, 4)), space=20), Factor('u', '.', 1, space=int(rng.integers(3, 8))),
-              Factor('m', 'i', 2, space=2)]
-        for j in range(int(rng.integers(0, 3))):
-            mode = str(rng.choice(list(MODES)))
-            k = 1 if mode == '.' else int(rng.integers(1, 3))
-            fs.append(Factor(f'f{j}', mode, k, None if rng.random() < .3 else int(rng.integers(k, k + 3))))
+              Factor('m', 'i', 2, space=2)] + _random_factors(rng, int(rng.integers(0, 3)), 3)
         rng.shuffle(fs)
         spec = GDTSpec(fs)
         lab = hierarchical_sample(spec, g)

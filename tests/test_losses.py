@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from avlearn.losses import (info_nce, nt_xent, cross_modal_nce, all_gather_with_grad, MemoryBank, memory_nce,
+from avlearn.losses import (all_gather_rows, info_nce, nt_xent, cross_modal_nce, all_gather_with_grad, MemoryBank, memory_nce,
                             avid_cma_loss, triplet_ranking_loss, margin_contrastive_loss, triplet_margin_loss,
                             cluster_triplet_loss, cluster_negatives, composition_loss)
 
@@ -205,7 +205,7 @@ def test_errors_name_the_argument():
 
 def test_all_gather_is_identity_without_group():
     x = torch.randn(3, 2)
-    assert all_gather_with_grad(x) is x
+    assert all_gather_with_grad(x) is x and all_gather_rows(x) is x
 
 
 # ---------- the real thing: 2 gloo processes on CPU ----------
@@ -238,6 +238,7 @@ def _worker(rank, world, init_file, out_dir):
         x = torch.full((B + rank, 2), float(rank))  # unequal sizes must fail clearly
         try: all_gather_with_grad(x); res['unequal'] = 'no error'
         except ValueError as e: res['unequal'] = str(e)
+        res['rows'] = all_gather_rows(torch.arange(3 * rank, 4 * rank + 2))   # no gradient, any dtype, unequal sizes
         torch.save(res, os.path.join(out_dir, f'rank{rank}.pt'))
     finally:
         dist.destroy_process_group()
@@ -262,6 +263,7 @@ def test_all_gather_two_gloo_processes_match_one_process():
             assert torch.allclose(res[r][name][1] / world, v.grad[r * B:(r + 1) * B], atol=1e-6), (name, r)
             assert torch.allclose(res[r][name][2] / world, a.grad[r * B:(r + 1) * B], atol=1e-6), (name, r)
     assert all('same number of rows' in r['unequal'] for r in res)
+    assert all(r['rows'].tolist() == [0, 1, 3, 4, 5] for r in res)   # rank 0: [0, 1], rank 1: [3, 4, 5], in rank order
 
 
 def test_binary_nce_matches_loop_and_gradcheck():
