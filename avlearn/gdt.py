@@ -486,17 +486,17 @@ def table1_report(res, n_test: int) -> tuple:
 
 # %% ../nbs/10_gdt.ipynb #d33aa5f0
 from .training import Method, register_method, build_av_model, _unwrap
-from .losses import all_gather_with_grad, all_gather_rows, _world
+from .dist import all_gather_with_grad, all_gather_rows, rank, world_size
 
 def gathered_gdt_nce(z: torch.Tensor, labels: torch.Tensor, spec: GDTSpec, weight: str, temperature: float) -> torch.Tensor:
     """Eq. 1 for this process's anchors `z` (B, D) against the transformations of every process (keys gathered with
     gradient); process r's videos and augmentations are renumbered so that they differ from every other process's."""
-    rank, world = _world()
+    rank_, world = rank(), world_size()
     lab = labels.clone()
     if spec['i'].space is None: raise ValueError("spec's data-sampling factor 'i' needs a finite space (the number of videos per process)")
-    lab[:, spec.index('i')] += rank * spec['i'].space
+    lab[:, spec.index('i')] += rank_ * spec['i'].space
     for f in spec.factors:    # fresh ids (continuous factors) are < M * B: keep them unique across processes
-        if f.space is None: lab[:, spec.index(f.name)] += rank * len(lab) * len(spec.factors)
+        if f.space is None: lab[:, spec.index(f.name)] += rank_ * len(lab) * len(spec.factors)
     keys, others = (all_gather_with_grad(z), all_gather_rows(lab)) if world > 1 else (z, lab)
     return gdt_nce(z, contrast_matrix(lab, spec, others), weight_matrix(lab, spec, weight, other=others), temperature, keys=keys)
 
@@ -527,7 +527,7 @@ class GDTMethod(Method):
     def loss(self, model, batch):
         a, d = self.args, self.cfg.data
         video, audio = batch['video'], batch['audio']
-        if self.generator is None: self.generator = torch.Generator().manual_seed(self.cfg.seed * 1000 + _world()[0])
+        if self.generator is None: self.generator = torch.Generator().manual_seed(self.cfg.seed * 1000 + rank())
         spec = self.spec(video.shape[0])
         lab = hierarchical_sample(spec, self.generator)
         views = gdt_views(video, audio, lab.to(video.device), spec, int(round(a['window_s'] * d.fps)), d.fps, d.sample_rate,

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, Subset
 from scipy.optimize import linear_sum_assignment
 from .core import check_tensor, check_range
 from .sinkhorn import sinkhorn_knopp, SinkhornResult
-from .losses import all_gather_rows
+from .dist import all_gather_rows
 from .evaluation import clustering_metrics
 
 # %% auto #0

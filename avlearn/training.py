@@ -29,7 +29,8 @@ from .core import seed_everything, check_tensor, check_range, default_device
 from .data import ToyWorld, ToyWorldConfig
 from .models import build_encoder, ProjectionHead
 from .transforms import LogMelSpectrogram
-from .losses import cross_modal_nce, MemoryBank, avid_cma_loss, all_gather_rows
+from .losses import cross_modal_nce, MemoryBank, avid_cma_loss
+from .dist import all_gather_rows
 from .evaluation import linear_probe, retrieval_recall_at_k
 from .media import collate_skip
 

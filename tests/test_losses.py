@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from avlearn.losses import (all_gather_rows, info_nce, nt_xent, cross_modal_nce, all_gather_with_grad, MemoryBank, memory_nce,
+from avlearn.dist import all_gather_rows, all_gather_with_grad
+from avlearn.losses import (info_nce, nt_xent, cross_modal_nce, MemoryBank, memory_nce,
                             avid_cma_loss, triplet_ranking_loss, margin_contrastive_loss, triplet_margin_loss,
                             cluster_triplet_loss, cluster_negatives, composition_loss)
 
