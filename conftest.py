@@ -48,3 +48,11 @@ def pytest_collection_modifyitems(config, items):
             flags = {m.name for m in item.iter_markers() if m.name in ('slow', 'cuda', 'multigpu')}
         reason = _skip_reason(flags, config) if flags else None
         if reason: item.add_marker(pytest.mark.skip(reason=reason))
+
+
+@pytest.fixture
+def gloo():
+    """The one harness for multi-process tests: `gloo(fn, world, *args, start_method='fork')` runs `fn(rank, world,
+    *args)` on `world` processes joined by gloo on a free port (avlearn.dist.launch) and raises any process's error."""
+    from avlearn.dist import launch
+    return launch

@@ -12,7 +12,9 @@ compare). On a GPU it also compares bf16 autocast, channels_last_3d and torch.co
 import argparse, contextlib, time
 import torch
 from avlearn.core import seed_everything
-from avlearn.training import load_config, get_method, to_channels_last_3d
+from avlearn.engine.config import load_config
+from avlearn.engine.method import get_method
+from avlearn.engine.trainer import to_channels_last_3d
 
 p = argparse.ArgumentParser()
 p.add_argument('--batch', type=int, default=None, help='videos per step (default: 2 on CPU, 16 on GPU)')

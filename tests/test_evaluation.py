@@ -194,7 +194,9 @@ def test_full_scale_example_in_notebook_runs(tmp_path, monkeypatch):
     import nbformat
     from pathlib import Path
     from avlearn.media import write_av_file
-    from avlearn.training import load_config, get_method, save_checkpoint, config_to_dict
+    from avlearn.engine.config import load_config, config_to_dict
+    from avlearn.engine.method import get_method
+    from avlearn.engine.checkpoints import save_checkpoint
     root = Path(__file__).resolve().parents[1]
     nb = nbformat.read(root / 'nbs' / '04_evaluation.ipynb', as_version=4)
     md = next(c.source for c in nb.cells if c.cell_type == 'markdown' and c.source.startswith('## At full scale'))

@@ -44,7 +44,7 @@ def test_wheel_works_outside_the_repo(tmp_path):
     # new environment's own, without running its .pth files (so the editable install of the checkout stays out)
     Path(site, 'deps.pth').write_text(sysconfig.get_paths()['purelib'] + '\n')
     subprocess.run([sys.executable, '-m', 'pip', 'install', '-q', '--no-deps', '--target', site, str(wheel)], check=True, capture_output=True)
-    code = ("import avlearn; from avlearn.data import ToyWorld; from avlearn.training import load_config; "
+    code = ("import avlearn; from avlearn.data import ToyWorld; from avlearn.engine.config import load_config; "
             "c = ToyWorld(n=2)[0]; assert c['video'].shape == (3, 16, 64, 64); cfg = load_config('gdt_k400'); "
             "print(avlearn.__file__, cfg.method)")
     elsewhere = tmp_path / 'elsewhere'; elsewhere.mkdir()

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from avlearn.gdt import (MODES, Factor, GDTSpec, hierarchical_sample, contrast_matrix, weight_matrix, batch_properties,
+from avlearn.papers.gdt import (MODES, Factor, GDTSpec, hierarchical_sample, contrast_matrix, weight_matrix, batch_properties,
                          gdt_nce, gathered_gdt_nce, av_spec, theorem1_variances, simulate_theorem1, factor_batch_size)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -133,9 +133,8 @@ def test_theorem1_exact_small_case():
 
 
 # ---------- 2 gloo processes: gathered keys give the single-process loss and gradients ----------
-def _worker(rank, world, init_file, out_dir):
-    dist.init_process_group('gloo', init_method=f'file://{init_file}', rank=rank, world_size=world)
-    try:
+def _worker(rank, world, out_dir):
+    if True:
         spec = av_spec(3, 'd', 'i', n_videos=3, n_shifts=3).check()
         g = torch.Generator().manual_seed(7)
         labs = [hierarchical_sample(spec, g) for _ in range(world)]
@@ -144,14 +143,12 @@ def _worker(rank, world, init_file, out_dir):
         loss = gathered_gdt_nce(z, labs[rank], spec, 'cross_modal', 0.3)
         loss.backward()
         torch.save(dict(loss=loss.detach(), grad=z.grad.clone(), labs=labs, Z=Z), os.path.join(out_dir, f'rank{rank}.pt'))
-    finally:
-        dist.destroy_process_group()
 
 
-def test_gathered_gdt_nce_two_processes():
+def test_gathered_gdt_nce_two_processes(gloo):
     world = 2
     with tempfile.TemporaryDirectory() as d:
-        mp.spawn(_worker, args=(world, os.path.join(d, 'init'), d), nprocs=world, join=True)
+        gloo(_worker, world, d)
         res = [torch.load(os.path.join(d, f'rank{r}.pt')) for r in range(world)]
     spec = av_spec(3, 'd', 'i', n_videos=3, n_shifts=3)
     # the single-process reference: both processes' batches as one, videos renumbered
@@ -179,12 +176,11 @@ DDP_ROWS = {'l': [],                                                   # audio-v
             'a': ['method_args.modality=v', 'method_args.time_shift=.', 'method_args.time_reversal=.', 'method_args.k_aug=2']}
 
 
-def _ddp_worker(rank, world, init_file, out_dir):
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world))
-    torch.set_num_threads(1)
-    dist.init_process_group('gloo', init_method=f'file://{init_file}', rank=rank, world_size=world)
-    try:
-        from avlearn.training import Trainer, load_config, _unwrap
+def _ddp_worker(rank, world, out_dir):
+    if True:
+        from avlearn.engine.trainer import Trainer
+        from avlearn.engine.config import load_config
+        from avlearn.dist import unwrap as _unwrap
         for row, extra in DDP_ROWS.items():   # the same process group for both runs (the Trainer joins an existing one)
             out = os.path.join(out_dir, row); os.makedirs(out, exist_ok=True)
             tr = Trainer(load_config(os.path.join(ROOT, 'configs', 'demo.yaml'), DDP_TINY + extra), out, resume=False, progress=False)
@@ -192,16 +188,14 @@ def _ddp_worker(rank, world, init_file, out_dir):
             tr.fit()
             final = {k: v.detach().clone() for k, v in _unwrap(tr.model).named_parameters()}
             torch.save(dict(init=init, final=final, step=tr.step), os.path.join(out, f'rank{rank}.pt'))
-    finally:
-        dist.destroy_process_group()
 
 
-def test_ddp_gdt_method_keeps_ranks_in_sync(monkeypatch):
+def test_ddp_gdt_method_keeps_ranks_in_sync(monkeypatch, gloo):
     "Under DDP the two ranks see different videos and transformations but must end with identical parameters."
     monkeypatch.setenv('CUDA_VISIBLE_DEVICES', '')      # gloo on CPU even on a GPU machine
     world = 2
     with tempfile.TemporaryDirectory() as d:
-        mp.spawn(_ddp_worker, args=(world, os.path.join(d, 'init'), d), nprocs=world, join=True)
+        gloo(_ddp_worker, world, d)
         res = {row: [torch.load(os.path.join(d, row, f'rank{r}.pt')) for r in range(world)] for row in DDP_ROWS}
     for row, (r0, r1) in res.items():
         assert r0['step'] == r1['step'] == 3
@@ -217,7 +211,7 @@ def test_ddp_gdt_method_keeps_ranks_in_sync(monkeypatch):
 @pytest.mark.slow
 def test_full_scale_config_dry_run():
     "configs/gdt_k400.yaml builds R(2+1)D-18 + audio ResNet-9 and runs 2 GDT steps on synthetic tensors of the real shapes."
-    from avlearn.training import train
+    from avlearn.engine.trainer import train
     with tempfile.TemporaryDirectory() as d:
         tr = train(os.path.join(ROOT, 'configs', 'gdt_k400.yaml'), d, dry_run=True, progress=False)
         assert tr.step == 2

@@ -4,8 +4,9 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from avlearn.training import load_config, METHODS
-import avlearn.motionformer as mf
+from avlearn.engine.config import load_config
+from avlearn.engine.method import METHODS
+import avlearn.papers.motionformer as mf
 from avlearn.models import count_parameters
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,7 +47,7 @@ def test_bad_method_args():
 
 @pytest.mark.slow
 def test_dry_run_full_config(tmp_path):
-    from avlearn.training import train
+    from avlearn.engine.trainer import train
     trainer = train(str(ROOT / 'configs' / 'motionformer_k400.yaml'), str(tmp_path), dry_run=True, progress=False)
     assert trainer.step == 2
 
@@ -56,8 +57,8 @@ def test_full_scale_commands_in_notebook_are_valid():
     import shlex
     import nbformat
     from fastcore.script import anno_parser
-    from avlearn.training import train_cli
-    nb = nbformat.read(ROOT / 'nbs' / '14_motionformer.ipynb', as_version=4)
+    from avlearn.engine.cli import train_cli
+    nb = nbformat.read(ROOT / 'nbs' / 'papers' / '23_motionformer.ipynb', as_version=4)
     md = next(c.source for c in nb.cells if c.cell_type == 'markdown' and c.source.startswith('## At full scale'))
     block = md.split('```sh')[1].split('```')[0].replace('\\\n', ' ')
     parser = anno_parser(train_cli.__wrapped__)

@@ -5,8 +5,7 @@ import json, os, socket, subprocess, sys
 from pathlib import Path
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
+from avlearn.dist import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -26,7 +25,7 @@ def _train_cmd(out, *extra, launcher=()):
 
 
 def _ckpts(out):
-    from avlearn.training import list_checkpoints, load_checkpoint
+    from avlearn.engine.checkpoints import list_checkpoints, load_checkpoint
     return [load_checkpoint(p) for p in list_checkpoints(out)]
 
 
@@ -37,7 +36,10 @@ def _records(out):
 def test_full_scale_config_loads_and_builds():
     "The config is in the TrainConfig schema, its method_args are SeLaVi's, and the model it describes builds (the real-shape"
     " forward is tests/test_training.py::test_full_scale_config_dry_run[selavi_vggsound], marked slow)."
-    from avlearn.training import load_config, dry_run_config, get_method, build_datasets
+    from avlearn.engine.config import load_config
+    from avlearn.engine.trainer import dry_run_config
+    from avlearn.engine.method import get_method
+    from avlearn.engine.data import build_datasets
     cfg = load_config(ROOT / 'configs' / 'selavi_vggsound.yaml')
     a = cfg.method_args
     assert cfg.method == 'selavi' and (a['K'], a['n_heads'], a['n_clusterings'], a['lam']) == (309, 10, 100, 20.0)
@@ -56,7 +58,8 @@ def test_full_scale_config_loads_and_builds():
 
 
 def test_bad_method_args_errors():
-    from avlearn.training import load_config, get_method
+    from avlearn.engine.config import load_config
+    from avlearn.engine.method import get_method
     M = get_method('selavi')
     for over, word in [('method_args={Kk: 3}', 'unknown method_args'), ('method_args={K: 1}', 'method_args.K'),
                        ("method_args={prior: zipf}", 'method_args.prior'), ("method_args={align: best}", 'method_args.align'),
@@ -100,10 +103,10 @@ def test_train_with_label_table_then_resume_to_the_end(run_to_step5):
 
 def test_two_process_labels_equal_one_process(run_to_step5, tmp_path):
     "The first label table of a 2-process gloo run (shards of 31 and 32 clips) equals the 1-process one."
-    from avlearn.training import load_checkpoint
+    from avlearn.engine.checkpoints import load_checkpoint
     one, two = run_to_step5[0], tmp_path / 'two'
     r2 = subprocess.run(_train_cmd(two, 'data.batch_size=8', 'max_steps=1',
-                                   launcher=(str(BIN / 'torchrun'), '--nproc_per_node=2', '--master_port=29531')),
+                                   launcher=(str(BIN / 'torchrun'), '--nproc_per_node=2', f'--master_port={free_port()}')),
                         env=ENV, capture_output=True, text=True)
     assert r2.returncode == 0, r2.stdout + r2.stderr[-3000:]
     a, b = load_checkpoint(one / 'ckpt_000000002.pt'), _ckpts(two)[-1]        # both hold the labels of epoch 0
@@ -114,11 +117,6 @@ def test_two_process_labels_equal_one_process(run_to_step5, tmp_path):
     assert torch.equal(la, lb), (la != lb).sum()
     ra, rb = (next(x for x in _records(o) if 'clustering' in x) for o in (one, two))
     assert ra['sinkhorn_iter'] == rb['sinkhorn_iter'] and abs(ra['sinkhorn_error'] - rb['sinkhorn_error']) < 1e-9
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
 
 
 def _problem():
@@ -132,26 +130,21 @@ def _problem():
 BOUNDS = {'50+51': [(0, 50), (50, 101)], '0+101': [(0, 0), (0, 101)]}     # unequal shards, one of them empty
 
 
-def _worker(rank, world, port, out):
-    os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    dist.init_process_group('gloo', rank=rank, world_size=world)
-    try:
-        from avlearn.selavi import cluster_shards
+def _worker(rank, world, out):
+    if True:
+        from avlearn.papers.selavi import cluster_shards
         logp, order, priors = _problem()
         for name, bounds in BOUNDS.items():
             lo, hi = bounds[rank]
             table, res = cluster_shards(logp[:, lo:hi], order[lo:hi], 101, lam=20., priors=priors, tol=1e-8, dtype=torch.float64, group='world')
             torch.save(dict(table=table, n_iter=res.n_iter, error=res.error, converged=res.converged), f'{out}/{name}_rank{rank}.pt')
-    finally:
-        dist.destroy_process_group()
 
 
-def test_cluster_shards_two_gloo_processes(tmp_path):
+def test_cluster_shards_two_gloo_processes(tmp_path, gloo):
     "cluster_shards on 2 gloo processes with shuffled dataset positions, N = 101 split 50 + 51 and 0 + 101, equals 1 process."
-    from avlearn.selavi import cluster_shards
+    from avlearn.papers.selavi import cluster_shards
     # fork: the children reuse this process's imports (a spawned child would import torch and avlearn again)
-    mp.start_processes(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True, start_method='fork')
+    gloo(_worker, 2, str(tmp_path), start_method='fork')
     logp, order, priors = _problem()
     ref, rres = cluster_shards(logp, order, 101, lam=20., priors=priors, tol=1e-8, dtype=torch.float64)
     assert (ref >= 0).all() and rres.converged

@@ -4,6 +4,7 @@ import json, os, signal, subprocess, sys, time
 from pathlib import Path
 import pytest
 import torch
+from avlearn.dist import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -29,17 +30,17 @@ def _losses(out):
 
 
 def _state(out):
-    from avlearn.training import load_latest_checkpoint
+    from avlearn.engine.checkpoints import load_latest_checkpoint
     state, _ = load_latest_checkpoint(out)
     return state
 
 
-def _one_and_two_processes(tmp_path, steps, port, *extra):
+def _one_and_two_processes(tmp_path, steps, *extra):
     "Final states of the same run as 1 process x 16 clips and as 2 torchrun processes x 8 clips."
     one, two = tmp_path / 'one', tmp_path / 'two'
     subprocess.run(_train_cmd(one, *extra, 'data.batch_size=16', f'max_steps={steps}'), check=True, env=ENV, capture_output=True)
     r = subprocess.run(_train_cmd(two, *extra, 'data.batch_size=8', f'max_steps={steps}',
-                                  launcher=(str(BIN / 'torchrun'), '--nproc_per_node=2', f'--master_port={port}')),
+                                  launcher=(str(BIN / 'torchrun'), '--nproc_per_node=2', f'--master_port={free_port()}')),
                        env=ENV, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-3000:]
     a, b = _state(one), _state(two)
@@ -48,7 +49,7 @@ def _one_and_two_processes(tmp_path, steps, port, *extra):
 
 
 def test_two_process_ddp_equals_one_process(tmp_path):
-    one, two, a, b = _one_and_two_processes(tmp_path, 4, 29517)
+    one, two, a, b = _one_and_two_processes(tmp_path, 4)
     assert torch.allclose(torch.tensor(_losses(one)), torch.tensor(_losses(two)), atol=1e-5)
     for k in a['model']:
         if a['model'][k].is_floating_point():
@@ -74,7 +75,7 @@ def test_kill9_resume_matches_uninterrupted_run(tmp_path):
     for kill_at in (5, 11, 17):               # several kill points, mid-epoch (8 steps per epoch)
         p = _run_until(_train_cmd(cut, *extra), cut, kill_at, signal.SIGKILL)
         assert p.returncode == -signal.SIGKILL
-        from avlearn.training import list_checkpoints, load_checkpoint
+        from avlearn.engine.checkpoints import list_checkpoints, load_checkpoint
         for ck in list_checkpoints(cut): load_checkpoint(ck)       # no corrupt checkpoint left behind
     r = subprocess.run(_train_cmd(cut, *extra), env=ENV, capture_output=True, text=True)
     assert r.returncode == 0 and 'resumed from' in r.stdout, r.stdout + r.stderr[-2000:]
@@ -98,7 +99,7 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path):
 def test_corrupt_checkpoint_falls_back(tmp_path):
     out = tmp_path / 'run'
     subprocess.run(_train_cmd(out, 'data.batch_size=8', 'checkpoint_every=4', 'max_steps=8'), check=True, env=ENV, capture_output=True)
-    from avlearn.training import list_checkpoints, load_checkpoint, CheckpointError
+    from avlearn.engine.checkpoints import list_checkpoints, load_checkpoint, CheckpointError
     newest = list_checkpoints(out)[-1]
     newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 3])
     with pytest.raises(CheckpointError, match=newest.name):
@@ -109,7 +110,7 @@ def test_corrupt_checkpoint_falls_back(tmp_path):
 
 
 def test_bad_config_errors():
-    from avlearn.training import load_config
+    from avlearn.engine.config import load_config
     with pytest.raises(ValueError, match='unknown config key'): load_config(overrides=['optim.lrr=0.1'])
     with pytest.raises(ValueError, match='method must be one of'): load_config(overrides=['method=nope'])
     with pytest.raises(ValueError, match='data.batch_size'): load_config(overrides=['data.batch_size=0'])
@@ -156,7 +157,8 @@ def test_manifest_clips_of_any_aspect_ratio_batch_and_train(tmp_path):
     "Real files of different frame shapes leave the pipeline as size x size squares (random crop / centre crop) and train."
     import numpy as np
     from avlearn.media import write_av_file
-    from avlearn.training import load_config, build_datasets
+    from avlearn.engine.config import load_config
+    from avlearn.engine.data import build_datasets
     from avlearn.media import collate_skip
     rng = np.random.default_rng(0)
     rows = ['path,action']
@@ -182,7 +184,9 @@ def test_manifest_clips_of_any_aspect_ratio_batch_and_train(tmp_path):
 
 def test_channels_last_3d_on_an_audio_visual_model():
     "Only the 5-D (video) weights change layout; the 2-D audio convolutions must not break (as model.to(...) would)."
-    from avlearn.training import load_config, build_av_model, to_channels_last_3d
+    from avlearn.engine.config import load_config
+    from avlearn.engine.method import build_av_model
+    from avlearn.engine.trainer import to_channels_last_3d
     m = build_av_model(load_config(overrides=['model.video_args={width: 4, out_dim: 8}', 'model.audio_args={width: 4, out_dim: 8}']))
     with pytest.raises(RuntimeError): build_av_model(load_config()).to(memory_format=torch.channels_last_3d)
     to_channels_last_3d(m)
@@ -195,7 +199,9 @@ def test_channels_last_3d_on_an_audio_visual_model():
 @pytest.mark.parametrize('config', FULL_SCALE, ids=lambda p: p.stem)
 def test_full_scale_config_loads_and_builds(config):
     "Fast check of every full-scale config: it validates, its method and model build, and its data transforms exist."
-    from avlearn.training import load_config, get_method, manifest_transforms
+    from avlearn.engine.config import load_config
+    from avlearn.engine.method import get_method
+    from avlearn.engine.data import manifest_transforms
     cfg = load_config(config)
     method = get_method(cfg.method)(cfg, 1000)
     model = method.build_model()
@@ -205,7 +211,7 @@ def test_full_scale_config_loads_and_builds(config):
 
 def test_kill_during_checkpoint_write_leaves_no_corrupt_checkpoint(tmp_path, monkeypatch):
     "A process dying inside save_checkpoint (here: torch.save failing after writing half the bytes) leaves only a temp file."
-    from avlearn import training
+    from avlearn.engine import checkpoints as training
     state = dict(model={'w': torch.ones(1000)}, optimizer={}, step=1, epoch=0, config={})
     training.save_checkpoint(state, tmp_path, 1)
     real_save = torch.save
@@ -236,7 +242,7 @@ def test_two_processes_with_broken_files_train_to_the_end(tmp_path):
     r = subprocess.run(_train_cmd(out, 'data.kind=manifest', f'data.train_manifest={man}', f'data.test_manifest={man}',
                                   'data.clip_duration=0.5', 'data.size=32', 'data.on_error=skip', 'data.batch_size=2',
                                   'epochs=2', 'data.world={}',
-                                  launcher=(str(BIN / 'torchrun'), '--nproc_per_node=2', '--master_port=29519')),
+                                  launcher=(str(BIN / 'torchrun'), '--nproc_per_node=2', f'--master_port={free_port()}')),
                        env=ENV, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr[-3000:]
     st = _state(out)
@@ -249,7 +255,7 @@ AVID = ['method=avid_cma', 'method_args={n_negatives: 32, cma_k: 4, cma_start_ep
 def test_avid_cma_two_processes_equal_one_process(tmp_path):
     """The memory bank under torchrun: every process writes the whole global batch into its bank and draws the global
     batch's negatives from one seeded generator, so 2 processes x 8 clips = 1 process x 16 clips, bank included."""
-    one, two, a, b = _one_and_two_processes(tmp_path, 6, 29521, *AVID)
+    one, two, a, b = _one_and_two_processes(tmp_path, 6, *AVID)
     # steps 5-6 are in epoch 1 (4 steps per epoch): CMA positives are on there, and negatives read rows the other rank wrote
     assert torch.allclose(torch.tensor(_losses(one)), torch.tensor(_losses(two)), atol=1e-5)
     for k in ('bank_video', 'bank_audio'):
