@@ -338,7 +338,7 @@ class SeLaViMethod(Method):
         loader = DataLoader(shard, batch_size=self.args.cluster_batch_size or ctx.batch_size, shuffle=False,
                             num_workers=nw, collate_fn=collate_skip, pin_memory=ctx.device.type == 'cuda')
         model = ctx.model; was = model.training; model.eval()
-        if ctx.world_size_size > 1:        # BatchNorm running statistics: rank 0's on every process, as DDP does
+        if ctx.world_size > 1:        # BatchNorm running statistics: rank 0's on every process, as DDP does
             for buf in model.buffers(): broadcast(buf, 0)
         try:
             for b in loader:
@@ -382,7 +382,7 @@ class SeLaViMethod(Method):
         self._shard_pass(ctx, acc)
         logp = torch.cat(chunks, 1) if chunks else torch.zeros(H, 0, a.K, device=ctx.device)
         index = torch.cat(idxs) if idxs else torch.zeros(0, dtype=torch.long, device=ctx.device)
-        group = 'world' if ctx.world_size_size > 1 else None
+        group = 'world' if ctx.world_size > 1 else None
         table, res = cluster_shards(logp, index, self.labels.shape[1], a.lam, self.priors, a.sinkhorn_tol, a.sinkhorn_max_iter,
                                     getattr(torch, a.sinkhorn_dtype), group)
         table = table.cpu()
