@@ -81,6 +81,19 @@ def cross_modal_nce(video: torch.Tensor, audio: torch.Tensor, temperature: float
                   info_nce(audio, kv, temperature, extra_negatives=vn, distributed=distributed))
 
 # %% ../nbs/03_losses.ipynb #a5225f6d
+def _check_device(device, name='device'):
+    "`device` as a torch.device (None stays None); a ValueError naming `name` if malformed or not on this machine."
+    if device is None: return None
+    try: dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"{name} must be None, 'cpu', 'cuda' or 'cuda:<i>', got {device!r} ({e})") from None
+    if dev.type == 'cuda':
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise ValueError(f"{name}={device!r} asks for a GPU but CUDA is not available here; use device='cpu'")
+        if dev.index is not None and dev.index >= n: raise ValueError(f"{name}={device!r}: this machine has {n} GPU(s)")
+    return dev
+
 class MemoryBank(nn.Module):
     """Per-sample, per-modality features (L2-normalised rows) with momentum updates in place; `n` rows of size `dim`
     per modality, random unit rows at start (seeded)."""
@@ -91,6 +104,7 @@ class MemoryBank(nn.Module):
         if not isinstance(dim, int) or dim < 1: raise ValueError(f"dim must be a positive int, got {dim!r}")
         if not modalities: raise ValueError("modalities must name at least one modality")
         check_range(momentum, 'momentum', 0, 1, hi_open=True)
+        device = _check_device(device)
         self.n, self.dim, self.momentum, self.modalities = n, dim, float(momentum), tuple(modalities)
         g = torch.Generator().manual_seed(seed)
         for m in self.modalities:
