@@ -125,6 +125,7 @@ def write_av_file(path, video, audio=None, fps: float = 16., sample_rate: int = 
 
 # %% ../nbs/07_media.ipynb #392d1362
 def open_media(path):
+    "A PyAV container for `path`, or a `MissingMediaError` / `CorruptMediaError` naming the file and the reason."
     path = Path(path)
     if not path.exists(): raise MissingMediaError(path, 'no such file')
     if path.is_dir(): raise MissingMediaError(path, 'is a directory, expected a media file')
