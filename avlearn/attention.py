@@ -12,10 +12,13 @@ import torch.nn.functional as F
 from .core import check_tensor, check_range
 
 # %% auto #0
-__all__ = ['PROTOTYPE_SELECTIONS', 'KERNELS', 'VIDEO_MODES', 'APPROXIMATIONS', 'exact_attention', 'joint_attention',
+__all__ = ['CHUNK_ELEMENTS', 'PROTOTYPE_SELECTIONS', 'KERNELS', 'VIDEO_MODES', 'APPROXIMATIONS', 'ERROR_METHODS',
+           'TRIVIAL_BASELINES', 'TABLE_3B_ORDER', 'exact_attention', 'joint_attention', 'softmax_attend',
            'naive_video_attention', 'space_attention', 'time_attention', 'trajectory_attention', 'segment_means',
            'select_prototypes', 'orthoformer_attention', 'iterative_pinv', 'nystrom_attention', 'performer_features',
-           'performer_attention', 'attention', 'VideoAttention']
+           'favor_features', 'performer_attention', 'attention', 'VideoAttention', 'relative_error',
+           'mean_value_attention', 'subset_attention', 'clustered_qkv', 'sharpened_qkv', 'motionformer_qkv',
+           'approximation_errors', 'ordering_verdict', 'attention_diagnostics']
 
 # %% ../nbs/09_attention.ipynb #2cff4c36
 def _check_qkv(q, k, v):
@@ -54,6 +57,17 @@ def joint_attention(q, k, v, n_frames: int | None = None, has_cls: bool = True) 
     "Joint space-time attention (eq. 2): every token attends to every token of the clip (class token included)."
     if n_frames is not None: _video_layout(q.shape[-2], n_frames, has_cls)
     return exact_attention(q, k, v)
+
+CHUNK_ELEMENTS = 2 ** 15   # working set (elements) of one chunk in the chunked kernels: 128 KiB in float32
+
+def softmax_attend(a: torch.Tensor, b: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    "softmax(a b^T / sqrt(D)) x for a (..., n, D), b (..., r, D), x (..., r, Dx), never holding all n x r weights."
+    if x.shape[-1] == a.shape[-1]: return F.scaled_dot_product_attention(a, b, x)    # fused, memory-efficient
+    # the fused CPU kernel needs Dx = D (else it falls back to materialising n x r): chunks of rows instead
+    out, step = x.new_empty(*a.shape[:-1], x.shape[-1]), max(1, CHUNK_ELEMENTS // b.shape[-2])
+    for i in range(0, a.shape[-2], step):
+        out[..., i:i + step, :] = (a[..., i:i + step, :] @ b.transpose(-1, -2)).mul_(a.shape[-1] ** -0.5).softmax(-1) @ x
+    return out
 
 # %% ../nbs/09_attention.ipynb #4c15f3be
 def _softmax_pool(qi, ks, vs):
@@ -189,9 +203,9 @@ def segment_means(x: torch.Tensor, n_segments: int) -> torch.Tensor:
     if not isinstance(n_segments, int) or not 1 <= n_segments <= N:
         raise ValueError(f"n_segments must be an int in [1, {N}] (the number of tokens), got {n_segments!r}")
     if N % n_segments == 0: return x.reshape(*x.shape[:-2], n_segments, N // n_segments, x.shape[-1]).mean(-2)
-    seg = torch.arange(N, device=x.device) * n_segments // N
-    w = F.one_hot(seg, n_segments).to(x.dtype).T                                       # (R, N)
-    return (w / w.sum(1, keepdim=True)) @ x
+    seg = torch.arange(N, device=x.device) * n_segments // N                            # segment of every token
+    sums = x.new_zeros(*x.shape[:-2], n_segments, x.shape[-1]).index_add(-2, seg, x)   # O(R D) memory, not O(N R)
+    return sums / torch.bincount(seg, minlength=n_segments).to(x.dtype)[:, None]
 
 def select_prototypes(q: torch.Tensor, k: torch.Tensor, n_prototypes: int, selection: str = 'orthogonal',
                       oversample: int = 4, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -218,13 +232,14 @@ def select_prototypes(q: torch.Tensor, k: torch.Tensor, n_prototypes: int, selec
     if selection == 'random': return cand[..., :R, :]
     with torch.no_grad():                                                               # the choice itself is not differentiated
         u = F.normalize(cand.float(), dim=-1)
-        cos = (u @ u.transpose(-1, -2)).abs()                                           # (..., cR, cR): O(R^2), not O(N)
-        worst = cos[..., 0, :].clone(); worst[..., 0] = float('inf')                     # max |cos| to the chosen set; chosen = inf
+        abs_cos = lambda j: (u @ torch.take_along_dim(u, j[..., None], -2).transpose(-1, -2)).squeeze(-1).abs()
+        # |cos| of every candidate to the last pick, one (cR,) column at a time: O(cR) memory instead of a cR x cR table
         picks = [torch.zeros(*u.shape[:-2], 1, dtype=torch.long, device=u.device)]
+        worst = abs_cos(picks[0]); worst[..., 0] = float('inf')                         # max |cos| to the chosen set; chosen = inf
         for _ in range(R - 1):
             j = worst.argmin(-1, keepdim=True)                                            # the most orthogonal candidate
             picks.append(j)
-            torch.maximum(worst, torch.take_along_dim(cos, j[..., None], -2).squeeze(-2), out=worst)
+            torch.maximum(worst, abs_cos(j), out=worst)
             worst.scatter_(-1, j, float('inf'))
         sel = torch.cat(picks, -1)
     return torch.gather(cand, -2, sel[..., None].expand(*sel.shape, cand.shape[-1]))
@@ -245,21 +260,20 @@ def orthoformer_attention(q, k, v, n_prototypes: int = 64, selection: str = 'ort
     "Orthoformer (eq. 10, Algorithm 1): S(Q P^T / sqrt D) (S(P K^T / sqrt D) V) with prototypes P chosen by `select_prototypes` (or given)."
     _, _, D = _check_qkv(q, k, v)
     if prototypes is None: P = select_prototypes(q, k, n_prototypes, selection, oversample, generator)
-    else: P = _check_prototypes(prototypes, q)
-    om1 = (q @ P.transpose(-1, -2)).mul_(D ** -0.5).softmax(-1)                          # (..., N, R)
-    om2 = (P @ k.transpose(-1, -2)).mul_(D ** -0.5).softmax(-1)                          # (..., R, M)
-    return om1 @ (om2 @ v)
+    else: P = _check_prototypes(prototypes, q).expand(*q.shape[:-2], *prototypes.shape[-2:])
+    return softmax_attend(q, P, softmax_attend(P, k, v))                                # Omega_1 (Omega_2 V)
 
 # %% ../nbs/09_attention.ipynb #1440b563
 def iterative_pinv(a: torch.Tensor, n_iter: int = 6) -> torch.Tensor:
     "Moore-Penrose pseudo-inverse of square (..., R, R) matrices by the Nyströmformer iteration (Razavi et al.)."
     check_tensor(a, 'a', dtype='float', finite=True)
     if a.ndim < 2 or a.shape[-1] != a.shape[-2]: raise ValueError(f"a must be square (..., R, R), got {tuple(a.shape)}")
-    I = torch.eye(a.shape[-1], device=a.device, dtype=a.dtype)
+    def c_minus(c, x):   # c I - x, in place on x (a fresh product): no identity matrix and no extra R x R temporaries
+        x.neg_().diagonal(dim1=-2, dim2=-1).add_(c); return x
     z = a.transpose(-1, -2) / (a.abs().sum(-2).amax(-1) * a.abs().sum(-1).amax(-1))[..., None, None]
-    for _ in range(n_iter):
+    for _ in range(n_iter):   # Z <- Z (13 I - AZ (15 I - AZ (7 I - AZ))) / 4
         az = a @ z
-        z = 0.25 * z @ (13 * I - az @ (15 * I - az @ (7 * I - az)))
+        z = (z @ c_minus(13, az @ c_minus(15, az @ c_minus(7, az.clone())))).mul_(0.25)
     return z
 
 def nystrom_attention(q, k, v, n_landmarks: int = 64, n_iter: int = 6) -> torch.Tensor:
@@ -268,39 +282,63 @@ def nystrom_attention(q, k, v, n_landmarks: int = 64, n_iter: int = 6) -> torch.
     if not isinstance(n_landmarks, int) or not 1 <= n_landmarks <= min(N, M):
         raise ValueError(f"n_landmarks must be an int in [1, {min(N, M)}], got {n_landmarks!r}")
     pq, pk = segment_means(q, n_landmarks), segment_means(k, n_landmarks)
-    s = D ** -0.5
-    om1 = (q @ pk.transpose(-1, -2)).mul_(s).softmax(-1)
-    om2 = iterative_pinv((pq @ pk.transpose(-1, -2)).mul_(s).softmax(-1), n_iter)
-    om3 = (pq @ k.transpose(-1, -2)).mul_(s).softmax(-1)
-    return om1 @ (om2 @ (om3 @ v))
+    kernel = (pq @ pk.transpose(-1, -2)).mul_(D ** -0.5).softmax(-1)                    # S(Pq Pk^T / sqrt D): (..., R, R)
+    z = iterative_pinv(kernel, n_iter) @ softmax_attend(pq, k, v)                         # Omega_2^+ (Omega_3 V): (..., R, Dv)
+    return softmax_attend(q, pk, z)                                                        # Omega_1 (...), never N x R at once
 
 def performer_features(n_features: int, dim: int, generator: torch.Generator | None = None, orthogonal: bool = True) -> torch.Tensor:
     "Random projection W (n_features, dim) for FAVOR+: Gaussian rows, orthogonalised in blocks of `dim`, with chi-distributed norms."
     if not isinstance(n_features, int) or n_features < 1: raise ValueError(f"n_features must be a positive int, got {n_features!r}")
     g = torch.randn(n_features, dim, generator=generator)
     if not orthogonal: return g
-    blocks = [torch.linalg.qr(torch.randn(dim, dim, generator=generator))[0].T for _ in range(-(-n_features // dim))]
-    return torch.cat(blocks)[:n_features] * g.norm(dim=1, keepdim=True)
+    q, r = torch.linalg.qr(torch.randn(-(-n_features // dim), dim, dim, generator=generator))   # one QR per block
+    # Uniformly random (Haar) orthogonal blocks need the signs of R's diagonal folded into Q: Householder QR alone
+    # returns Q[0, 0] < 0 always, so the directions, and the kernel estimate, would be biased.
+    blocks = (q * r.diagonal(dim1=-2, dim2=-1).sign()[..., None, :]).mT                        # rows orthonormal
+    return blocks.reshape(-1, dim)[:n_features] * g.norm(dim=1, keepdim=True)                    # chi(dim) row norms
+
+def _favor_logits(x, W): return x @ W.transpose(-1, -2) - x.pow(2).sum(-1, keepdim=True) / 2   # w.x - |x|^2/2: (..., n, m)
+
+def favor_features(x: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
+    "FAVOR+ positive random features phi(x) = m^-1/2 exp(W x - |x|^2/2) (..., n, m) of x (..., n, D) for W (..., m, D); phi(x).phi(y) estimates exp(x.y)."
+    check_tensor(W, 'W', dtype='float'); check_tensor(x, 'x', dtype='float')
+    if W.ndim < 2 or W.shape[-1] != x.shape[-1]:
+        raise ValueError(f"W must have shape (..., m, {x.shape[-1]}) for x (..., n, {x.shape[-1]}), got {tuple(W.shape)}")
+    return _favor_logits(x, W.to(x.dtype)).exp() / math.sqrt(W.shape[-2])
 
 def performer_attention(q, k, v, n_features: int = 256, generator: torch.Generator | None = None,
                         features: torch.Tensor | None = None) -> torch.Tensor:
-    "Performer FAVOR+ attention with positive (orthogonal) random features; linear in the number of tokens."
-    _, _, D = _check_qkv(q, k, v)
+    "Performer FAVOR+ attention with positive (orthogonal) random features; linear in the number of tokens, chunked."
+    (N, M, D), Dv = _check_qkv(q, k, v), v.shape[-1]
     if features is None: W = performer_features(n_features, D, generator)
     else:
         W = check_tensor(features, 'features', ndim=2, dtype='float')
         if W.shape[1] != D or W.shape[0] < 1:
             raise ValueError(f"features must have shape (n_features, {D}): n_features >= 1 random projections of the "
                              f"queries' feature size D={D} (as performer_features(n_features, {D}) makes), got {tuple(W.shape)}")
-    W = W.to(q.device, q.dtype); c = D ** -0.25
-    def phi(x, is_query):
-        proj = (c * x) @ W.T - (c * x).pow(2).sum(-1, keepdim=True) / 2
-        stab = proj.amax(-1, keepdim=True) if is_query else proj.amax((-1, -2), keepdim=True)
-        return torch.exp(proj - stab) / math.sqrt(W.shape[0])
-    fq, fk = phi(q, True), phi(k, False)
-    num = fq @ (fk.transpose(-1, -2) @ v)
-    den = fq @ fk.sum(-2).unsqueeze(-1)
-    return num / den.clamp_min(torch.finfo(den.dtype).tiny)   # den > 0; the clamp only guards underflow (-> 0, not NaN)
+    c, step = D ** -0.25, max(1, CHUNK_ELEMENTS // max(W.shape[0], D, Dv)); W = W.to(q.device, q.dtype).T
+    def logits(x):   # (c x) W^T - |c x|^2 / 2 for a chunk, in place on the fresh product: one (step, m) tensor
+        return (x @ W).mul_(c).sub_(torch.linalg.vector_norm(x, dim=-1, keepdim=True).square().mul_(c * c / 2))
+    # Keys, chunk by chunk: kv = phi(K)^T V (m, Dv) and ks = phi(K)^T 1 (m,). Stabiliser: exp(. - top), top the running
+    # maximum of the logits over all keys so far; a constant for all keys, it cancels in the ratio below.
+    kv = ks = top = 0
+    for i in range(0, M, step):
+        lk = logits(k[..., i:i + step, :])
+        new = lk.detach().amax((-1, -2), keepdim=True)
+        if i: new = torch.maximum(top, new)
+        decay = (top - new).exp() if i else 1                                               # rescales the sums so far
+        fk = lk.sub_(new).exp_()
+        kv = kv * decay + fk.transpose(-1, -2) @ v[..., i:i + step, :]
+        ks = ks * (decay[..., 0] if i else 1) + fk.sum(-2)
+        top = new
+    # Queries, chunk by chunk; stabiliser: each query's own maximum (a constant per row, it cancels in the ratio too)
+    out = v.new_empty(*q.shape[:-1], Dv)
+    for i in range(0, N, step):
+        lq = logits(q[..., i:i + step, :])
+        fq = lq.sub_(lq.detach().amax(-1, keepdim=True)).exp_()
+        den = (fq @ ks.unsqueeze(-1)).clamp_min(torch.finfo(fq.dtype).tiny)                # > 0; the clamp guards underflow only
+        out[..., i:i + step, :] = (fq @ kv) / den
+    return out
 
 # %% ../nbs/09_attention.ipynb #10c63637
 KERNELS = {'exact': exact_attention, 'joint': joint_attention, 'space': space_attention, 'time': time_attention,
@@ -372,3 +410,104 @@ class VideoAttention(nn.Module):
         if not 0 <= query < n_frames * S: raise ValueError(f"query must index a patch token in [0, {n_frames * S}), got {query}")
         kp = k[:, :, c:].reshape(*k.shape[:2], n_frames, S, k.shape[-1])
         return torch.einsum('bhd,bhtsd->bhts', q[:, :, c + query], kp).mul(k.shape[-1] ** -0.5).softmax(-1)
+
+# %% ../nbs/09_attention.ipynb #a4219425
+def relative_error(approx: torch.Tensor, exact: torch.Tensor) -> float:
+    "||approx - exact||_F / ||exact||_F over all entries (0: exact; 1: as far as returning zeros)."
+    check_tensor(approx, 'approx', shape=tuple(exact.shape)); check_tensor(exact, 'exact', dtype='float')
+    return ((approx.double() - exact.double()).norm() / exact.double().norm().clamp_min(1e-300)).item()
+
+def mean_value_attention(q, k, v) -> torch.Tensor:
+    "Trivial baseline: every query gets the mean of the values (attention with uniform rows), (..., N, Dv)."
+    _check_qkv(q, k, v)
+    return v.mean(-2, keepdim=True).expand(*q.shape[:-1], v.shape[-1])
+
+def subset_attention(q, k, v, n_keys: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    "Trivial baseline: exact attention over `n_keys` keys (and their values) drawn at random without replacement."
+    _, M, _ = _check_qkv(q, k, v)
+    if not isinstance(n_keys, int) or not 1 <= n_keys <= M: raise ValueError(f"n_keys must be an int in [1, {M}], got {n_keys!r}")
+    idx = torch.randperm(M, generator=generator)[:n_keys].to(k.device)
+    return softmax_attend(q, k.index_select(-2, idx), v.index_select(-2, idx))
+
+ERROR_METHODS = {   # name -> f(q, k, v, R, generator): each approximation at budget R, then the two trivial baselines
+    'Orthoformer (orthogonal)': lambda q, k, v, R, g: orthoformer_attention(q, k, v, R, 'orthogonal', generator=g),
+    'Orthoformer (random)': lambda q, k, v, R, g: orthoformer_attention(q, k, v, R, 'random', generator=g),
+    'Orthoformer (segment means)': lambda q, k, v, R, g: orthoformer_attention(q, k, v, R, 'segment_means', generator=g),
+    'Nystromformer': lambda q, k, v, R, g: nystrom_attention(q, k, v, R),
+    'Performer': lambda q, k, v, R, g: performer_attention(q, k, v, R, generator=g),
+    'random subset of keys': lambda q, k, v, R, g: subset_attention(q, k, v, R, g),
+    'mean of v': lambda q, k, v, R, g: mean_value_attention(q, k, v),
+}
+TRIVIAL_BASELINES = ('random subset of keys', 'mean of v')
+TABLE_3B_ORDER = ('Orthoformer (orthogonal)', 'Orthoformer (random)', 'Orthoformer (segment means)')   # paper: best first
+
+# %% ../nbs/09_attention.ipynb #35c0b2c5
+def clustered_qkv(n_tokens: int, dim: int = 64, n_clusters: int = 16, spread: float = 0.3,
+                  generator: torch.Generator | None = None) -> tuple:
+    "q = k: tokens near `n_clusters` Gaussian centres (noise `spread` per coordinate); v Gaussian. Each (1, 1, N, dim)."
+    centres = torch.randn(n_clusters, dim, generator=generator)
+    x = centres[torch.randint(n_clusters, (n_tokens,), generator=generator)] + spread * torch.randn(n_tokens, dim, generator=generator)
+    return x[None, None], x[None, None], torch.randn(1, 1, n_tokens, dim, generator=generator)
+
+def sharpened_qkv(n_tokens: int, dim: int = 64, sharpen: float = 2.0, generator: torch.Generator | None = None) -> tuple:
+    "Gaussian q, k multiplied by `sharpen` (logits x sharpen^2: each query attends to a few keys); v Gaussian. (1, 1, N, dim)."
+    q, k, v = torch.randn(3, 1, 1, n_tokens, dim, generator=generator).unbind(0)
+    return q * sharpen, k * sharpen, v
+
+def motionformer_qkv(fixture, n_tokens: int, layer: int = -1, seed: int = 0) -> tuple:
+    "Per-head q, k, v (1, H, n_tokens, D) of block `layer` of the Motionformer in `fixture` on held-out toy-world clips (patch tokens of consecutive clips)."
+    try: from avlearn.papers.motionformer import motionformer
+    except ImportError: from avlearn.motionformer import motionformer
+    from avlearn.data import ToyWorld, ToyWorldConfig
+    fx = torch.load(fixture, weights_only=True)
+    model = motionformer(**fx['model']); model.load_state_dict({k: t.float() for k, t in fx['state'].items()}); model.eval()
+    per_clip = model.T * model.S
+    world = ToyWorld(ToyWorldConfig(**fx['world']), n=-(-n_tokens // per_clip), seed=fx['eval_seed'] + seed)
+    with torch.no_grad():
+        x = model.tokens(world.batch(range(len(world)))['video'])
+        blocks = list(model.blocks)
+        for blk in blocks[:range(len(blocks))[layer]]: x = blk(x, model.T)
+        attn = blocks[layer].attn
+        qkv = attn._heads(blocks[layer].norm1(x), attn.qkv)                               # 3 x (clips, H, 1 + T*S, D)
+    # drop the class tokens, put the clips one after another: (1, H, clips * T * S, D), the first n_tokens
+    return tuple(t[:, :, 1:].transpose(0, 1).reshape(1, t.shape[1], -1, t.shape[-1])[:, :, :n_tokens].contiguous() for t in qkv)
+
+# %% ../nbs/09_attention.ipynb #651577a9
+def approximation_errors(make_inputs: Callable, Rs, seeds=(0, 1, 2), methods: dict | None = None):
+    "Long table (method, R, seed, error) of the relative error of each of `methods` (default `ERROR_METHODS`) against exact attention on `make_inputs(seed)`."
+    import pandas as pd
+    methods, rows = methods or ERROR_METHODS, []
+    for s in seeds:
+        q, k, v = make_inputs(s)
+        ref = exact_attention(q, k, v)
+        for R in Rs:
+            for name, fn in methods.items():
+                rows.append((name, R, s, relative_error(fn(q, k, v, R, torch.Generator().manual_seed(1000 * s + R)), ref)))
+    return pd.DataFrame(rows, columns=['method', 'R', 'seed', 'error'])
+
+def ordering_verdict(errors, order, R: int, n_sigma: float = 2.0) -> tuple:
+    "Does `order` (method names, lowest error first) hold at R? Per consecutive pair, the mean over seeds of the paired error difference against n_sigma standard errors; returns (verdict, [(pair, mean diff, standard error)])."
+    e = errors[errors.R == R].pivot(index='seed', columns='method', values='error')
+    if len(e) < 2: return 'one seed: no noise estimate', []
+    steps, signs = [], []
+    for a, b in zip(order, order[1:]):
+        d = e[a] - e[b]                                                                   # < 0: a has the lower error
+        mean, se = d.mean(), d.std(ddof=1) / math.sqrt(len(d))
+        steps.append((f'{a} < {b}', mean, se)); signs.append(-1 if mean < -n_sigma * se else 1 if mean > n_sigma * se else 0)
+    verdict = 'holds' if all(s < 0 for s in signs) else 'contradicted' if any(s > 0 for s in signs) else 'not separated'
+    return verdict, steps
+
+# %% ../nbs/09_attention.ipynb #6f907038
+def attention_diagnostics(q, k, v, R: int = 128, generator: torch.Generator | None = None) -> dict:
+    "Where approximations break, for the first batch row and head of q, k, v (..., N, D): keys per query (median row perplexity), rank holding 90% of the exact attention matrix's energy, Orthoformer-R's mean row cosine and norm ratio to exact, Performer's predicted relative std of one kernel estimate at m = R."
+    N, _, D = _check_qkv(q, k, v)
+    q, k, v = (x.reshape(-1, *x.shape[-2:])[0].double() for x in (q, k, v))   # one head, float64: e^|x+y|^2 is large
+    A = (q @ k.T / math.sqrt(D)).softmax(-1)                                    # exact attention matrix (N, M)
+    energy = torch.linalg.svdvals(A.float()).double().square().cumsum(0)                 # float32 SVD: 4x faster
+    y, yo = A @ v, orthoformer_attention(q, k, v, R, generator=generator)
+    x2 = ((q + k[A.argmax(-1)]) ** 2).sum(-1) / math.sqrt(D)                    # |q' + k'|^2, q' = q / D^(1/4), top key
+    return {'keys per query': (-(A * A.clamp_min(1e-300).log()).sum(-1)).exp().median().item(),
+            'rank 90%': int((energy < 0.9 * energy[-1]).sum()) + 1,
+            'Orthoformer cos': F.cosine_similarity(yo, y, dim=-1).mean().item(),
+            'Orthoformer norm ratio': (yo.norm(dim=-1) / y.norm(dim=-1)).mean().item(),
+            'Performer relative std': ((x2.median().exp() - 1) / R).sqrt().item()}
