@@ -9,7 +9,7 @@ __all__ = ['ACTIONS', 'SHAPES', 'COLOURS', 'COLOUR_NOTES', 'SIZES', 'SCENES', 'C
 
 # %% ../nbs/01_data.ipynb #998638eb
 # (no `from __future__ import annotations`: fastcore.script reads the Param annotations at run time)
-import csv, math, os, time
+import csv, math, os, sys, time
 from dataclasses import dataclass, field, asdict, replace
 from pathlib import Path
 from typing import Sequence
@@ -452,9 +452,17 @@ def toyworld_cli(out: Param("output folder", str) = 'data_samples',
                  size: Param("frame size in pixels", int) = 64,
                  fps: Param("frames per second", float) = 16.0,
                  sample_rate: Param("audio sample rate", int) = 16000,
-                 compound: Param("compound activities instead of single actions", store_true) = False):
-    "Export a toy world as mp4 files with a CSV manifest."
+                 compound: Param("compound activities instead of single actions", store_true) = False,
+                 force: Param("overwrite an existing manifest (and clips) in out", store_true) = False) -> int:
+    """Export a toy world as mp4 files with a CSV manifest. Returns the exit status: 1 (and writes nothing) when `out`
+    already holds a manifest and `force` is not set."""
+    manifest = Path(out) / 'manifest.csv'
+    if manifest.exists() and not force:
+        print(f"avlearn-toyworld: error: {manifest} exists; pass --force to overwrite it and its clips",
+              file=sys.stderr)
+        return 1
     world = ToyWorld(ToyWorldConfig(n_frames=n_frames, size=size, fps=fps, sample_rate=sample_rate, compound=compound),
                      n=n, seed=seed)
     path = export_clips(world, out)
     print(f"wrote {n} clips and {path}")
+    return 0

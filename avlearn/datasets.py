@@ -4,7 +4,7 @@
 
 # %% ../nbs/07a_datasets.ipynb #5bc1c64e
 from __future__ import annotations
-import csv, json, math, multiprocessing, os, re, time
+import csv, json, math, multiprocessing, os, re, sys, time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -15,7 +15,7 @@ import torch
 import av
 from fastcore.script import call_parse, Param, store_true
 from .core import check_range
-from .media import MediaError, CorruptMediaError, probe, _open, _stream_duration
+from .media import MediaError, CorruptMediaError, probe, open_media, stream_span, right_angle
 
 # %% auto #0
 __all__ = ['VIDEO_EXTS', 'KINETICS_COLUMNS', 'VGGSOUND_COLUMNS', 'AUDIOSET_COLUMNS', 'AUDIOSET_PATTERNS', 'HOWTO100M_COLUMNS',
@@ -105,20 +105,27 @@ def _read_classes(classes):
     return {n: i for i, n in enumerate(names)}
 
 # %% ../nbs/07a_datasets.ipynb #7d4669db
-def write_manifest(rows: Sequence[dict], out, columns: Sequence[str], video_root=None) -> Path:
-    "Write `rows` as a CSV at `out`; each row's 'path' (relative to `video_root`) is rewritten relative to `out`'s folder."
+def write_manifest(rows: Sequence[dict], out, columns: Sequence[str] | None = None, video_root=None,
+                   relative: bool = False) -> Path:
+    """Write `rows` (at least one) as a CSV manifest at `out`, atomically, and return its path. `columns` default to the
+    first row's keys. Each row's 'path' is joined to `video_root` when given; `relative=True` then writes it relative to
+    `out`'s folder (portable: the builders do this), else as joined (absolute when `video_root` is)."""
+    rows = list(rows)
+    if not rows: raise ValueError("rows is empty: nothing to write (a manifest needs at least one row)")
+    columns = list(rows[0]) if columns is None else list(columns)
+    if 'path' not in columns: raise ValueError(f"columns must include 'path', got {columns}")
     out = Path(out); out.parent.mkdir(parents=True, exist_ok=True)
-    if 'path' not in columns: raise ValueError(f"columns must include 'path', got {list(columns)}")
     base = Path(os.path.abspath(out.parent))
-    root = None if video_root is None else Path(os.path.abspath(video_root))
+    def where(p):
+        if video_root is None: return p
+        if relative: return Path(os.path.relpath(Path(os.path.abspath(video_root)) / p, base)).as_posix()
+        return str(Path(video_root) / p)
     tmp = out.with_name(f'.{out.name}.tmp{os.getpid()}')
     try:
         with open(tmp, 'w', newline='', encoding='utf-8') as fh:
-            w = csv.DictWriter(fh, fieldnames=list(columns), extrasaction='raise')
+            w = csv.DictWriter(fh, fieldnames=columns, extrasaction='raise')
             w.writeheader()
-            for r in rows:
-                if root is not None: r = {**r, 'path': Path(os.path.relpath(root / r['path'], base)).as_posix()}
-                w.writerow(r)
+            for r in rows: w.writerow({**r, 'path': where(r['path'])})
         os.replace(tmp, out)
     finally:
         if tmp.exists(): tmp.unlink()
@@ -138,7 +145,11 @@ def _finish(dataset, rows, columns, out, root, classes, n_listed, missing, drop_
         notes['unreadable'] = len(unreadable); missing = missing + unreadable
     if drop_missing: rows = [r for r in rows if not r.pop('_missing', False)]
     else: rows = [{k: v for k, v in r.items() if k != '_missing'} for r in rows]
-    path = write_manifest(rows, out, columns, video_root=root)
+    if not rows:
+        raise ValueError(f"{dataset}: none of the {n_listed} listed videos was found under {str(root)!r} "
+                         f"(first missing: "
+                         f"{missing[:3]}); check root, or pass keep_missing to write the rows anyway")
+    path = write_manifest(rows, out, columns, video_root=root, relative=True)
     return ManifestReport(dataset, path, len(rows), n_listed, missing, tuple(classes), drop_missing, notes)
 
 # %% ../nbs/07a_datasets.ipynb #e59c9af8
@@ -322,7 +333,12 @@ def multi_hot(labels, n_classes: int) -> torch.Tensor:
     if isinstance(labels, str):
         try: labels = [int(x) for x in labels.split()]
         except ValueError: raise ValueError(f"labels must be space-separated integers, got {labels!r}") from None
+    if isinstance(labels, (torch.Tensor, np.ndarray)):
+        if labels.ndim != 1: raise ValueError(f"labels must be 1-d (class indices), got shape {tuple(labels.shape)}")
+        labels = labels.tolist()                     # integer dtypes give ints; anything else fails the check below
     labels = list(labels)
+    if not all(isinstance(i, (int, np.integer)) and not isinstance(i, bool) for i in labels):
+        raise TypeError(f"labels must be integer class indices, got {labels!r}")
     bad = [i for i in labels if not 0 <= int(i) < n_classes]
     if bad: raise ValueError(f"labels must be in [0, {n_classes}), got {bad}")
     y = torch.zeros(n_classes)
@@ -419,14 +435,17 @@ def _even(x) -> int: return max(2, int(round(x / 2)) * 2)
 
 def resize_video(src, dst, short_side: int = 128, crf: int = 23, preset: str = 'veryfast', keyint_s: float = 1.,
                  upscale: bool = False, threads: int = 1) -> dict:
-    "Re-encode `src` as an H.264 + AAC mp4 at `dst` whose short side is `short_side` pixels (aspect, timing, audio kept)."
+    """Re-encode `src` as an H.264 + AAC mp4 at `dst` whose short side is `short_side` pixels (aspect, timing, audio
+    kept; a display rotation is applied, so the output is upright). Also returns how long the source lasts by its header
+    (`src_duration`) and by its decodable frames (`src_readable`), in seconds."""
     check_range(short_side, 'short_side', 2)
     if short_side % 2: raise ValueError(f"short_side must be even (H.264 4:2:0), got {short_side}")
     check_range(crf, 'crf', 0, 51); check_range(keyint_s, 'keyint_s', 0); check_range(threads, 'threads', 0)
     dst = Path(dst); dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_name(f'.{dst.stem}.tmp{os.getpid()}.mp4')
+    k = right_angle(probe(src)['rotation'] or 0)     # quarter turns that make the picture upright
     try:
-        with _open(src) as ic:
+        with open_media(src) as ic:
             if not ic.streams.video: raise CorruptMediaError(src, 'no video stream')
             ivs = ic.streams.video[0]; ivs.thread_type = 'AUTO'
             if threads: ivs.codec_context.thread_count = int(threads)      # N worker processes: no oversubscription
@@ -434,13 +453,15 @@ def resize_video(src, dst, short_side: int = 128, crf: int = 23, preset: str = '
             H, W = ivs.codec_context.height, ivs.codec_context.width
             if not H or not W: raise CorruptMediaError(src, 'video stream has no frame size')
             scale = short_side / min(H, W) if upscale or min(H, W) > short_side else 1.
-            h, w = _even(H * scale), _even(W * scale)
+            h, w = _even(H * scale), _even(W * scale)      # the stored frame's size; upright it is w x h if k is odd
             rate = ivs.average_rate or ivs.guessed_rate or Fraction(25)
+            v0, v1 = stream_span(ivs, ic)
+            t_first = t_end = None
             sr = ias.codec_context.sample_rate if ias is not None else None
             n_frames = n_samples = 0
             with av.open(str(tmp), 'w', format='mp4', options={'movflags': 'faststart'}) as oc:
                 ovs = oc.add_stream('libx264', rate=rate)
-                ovs.width, ovs.height, ovs.pix_fmt = w, h, 'yuv420p'
+                ovs.width, ovs.height, ovs.pix_fmt = (h, w, 'yuv420p') if k % 2 else (w, h, 'yuv420p')
                 if ivs.time_base: ovs.codec_context.time_base = ivs.time_base   # exact timestamps, variable frame rates too
                 opts = {'crf': str(int(crf)), 'preset': preset, 'threads': str(int(threads))}
                 if keyint_s > 0: opts['g'] = str(max(1, int(round(float(rate) * keyint_s))))
@@ -452,8 +473,8 @@ def resize_video(src, dst, short_side: int = 128, crf: int = 23, preset: str = '
                     rs = av.AudioResampler(format='fltp', layout=layout, rate=sr)
                 a_next, a_end = None, None
                 if ias is not None:      # AAC pads its last frame: stop at the header's end so durations do not grow
-                    adur = _stream_duration(ias, ic)
-                    a_end = int(round(adur * sr)) if math.isfinite(adur) else None
+                    a_stop = stream_span(ias, ic)[1]
+                    a_end = int(round(a_stop * sr)) if math.isfinite(a_stop) else None
                 def put_audio(frames):
                     nonlocal a_next, n_samples
                     for f in frames:
@@ -469,7 +490,14 @@ def resize_video(src, dst, short_side: int = 128, crf: int = 23, preset: str = '
                 for packet in ic.demux(*[s for s in (ivs, ias) if s is not None]):
                     for frame in packet.decode():
                         if packet.stream is ivs:
-                            g = frame.reformat(width=w, height=h, format='yuv420p', interpolation='AREA')
+                            if k:
+                                x = frame.to_ndarray(format='rgb24', width=w, height=h, interpolation='AREA')
+                                g = av.VideoFrame.from_ndarray(np.ascontiguousarray(np.rot90(x, k)), format='rgb24')
+                                g = g.reformat(format='yuv420p')
+                            else: g = frame.reformat(width=w, height=h, format='yuv420p', interpolation='AREA')
+                            t = frame.time if frame.time is not None else n_frames / float(rate)
+                            dt = float(frame.duration * frame.time_base) if frame.duration else 1 / float(rate)
+                            t_first = t if t_first is None else min(t_first, t); t_end = max(t_end or t + dt, t + dt)
                             if frame.pts is None: g.pts, g.time_base = n_frames, 1 / Fraction(rate)
                             else: g.pts, g.time_base = frame.pts, frame.time_base
                             n_frames += 1
@@ -488,8 +516,9 @@ def resize_video(src, dst, short_side: int = 128, crf: int = 23, preset: str = '
         raise CorruptMediaError(src, f're-encoding failed ({e.__class__.__name__}: {e})') from None
     finally:
         if tmp.exists(): tmp.unlink()
+    if k % 2: h, w = w, h
     return dict(src=str(src), dst=str(dst), height=h, width=w, src_height=H, src_width=W, frames=n_frames,
-                audio_samples=n_samples)
+                audio_samples=n_samples, rotation=90 * k, src_duration=v1 - v0, src_readable=t_end - t_first)
 
 # %% ../nbs/07a_datasets.ipynb #7acc0a58
 @dataclass
@@ -510,7 +539,8 @@ class ResizeReport:
         cases = {}
         for _, c, _ in self.broken: cases[c] = cases.get(c, 0) + 1
         return (f"resized {self.n_resized} of {self.n_files} files ({self.n_existing} already there, {self.n_broken} broken"
-                f"{' ' + str(cases) if cases else ''}) in {self.seconds:.1f} s; {self.n_rows} rows -> {self.manifest}")
+                f"{' ' + str(cases) if cases else ''}) in {self.seconds:.1f} s; {self.n_rows} rows -> "
+                f"{self.manifest or 'no manifest written'}")
 
 def _dst_rel(p: str) -> str:
     "Where the resized copy of manifest path `p` goes inside the destination folder (always .mp4, never outside it)."
@@ -518,19 +548,58 @@ def _dst_rel(p: str) -> str:
     if not parts: raise ValueError(f"path {p!r} does not name a file")
     return str(Path(*parts).with_suffix('.mp4').as_posix())
 
+def _decoded_length(path) -> tuple:
+    "Decode all of `path`: (seconds from its first frame to the end of its last, frame rate, whether audio decoded)."
+    with open_media(path) as c:
+        if not c.streams.video: raise CorruptMediaError(path, 'no video stream')
+        vs = c.streams.video[0]; rate = float(vs.average_rate or vs.guessed_rate or 25)
+        first = end = None; has_audio = False
+        try:
+            for packet in c.demux(vs, *c.streams.audio[:1]):
+                for f in packet.decode():
+                    if packet.stream is not vs: has_audio = True; continue
+                    t = float(f.time or 0.); dt = float(f.duration * f.time_base) if f.duration else 1 / rate
+                    first = t if first is None else min(first, t); end = max(end or t + dt, t + dt)
+        except av.error.FFmpegError as e:
+            raise CorruptMediaError(path, f'does not decode ({e.__class__.__name__}: {e})') from None
+    if first is None: raise CorruptMediaError(path, 'no video frame decodes')
+    return end - first, rate, has_audio
+
 def _resize_job(job):
-    "Resize one file unless it is already there: (case, message, duration of the output in s)."
-    src, dst, kw, overwrite = job
+    """Resize one file unless it is already there, then check the output: it decodes, it lasts as long as the source's
+    decodable part, and that as long as the source's header says (within `tolerance` s or a frame and a half).
+    Returns (case, message, duration of the output in s)."""
+    src, dst, kw, overwrite, tolerance = job
     try:
-        case = 'existing' if not overwrite and os.path.exists(dst) else 'ok'
-        if case == 'ok': resize_video(src, dst, **kw)
+        if not overwrite and os.path.exists(dst):
+            case, info = 'existing', None                        # only the headers: the source may be long gone
+            want = probe(src)['duration'] if os.path.exists(src) else None
+        else: case, info = 'ok', resize_video(src, dst, **kw)
+        got, rate, has_audio = _decoded_length(dst)
+        tol, problem = max(tolerance, 1.5 / rate), None
+        if info is not None:
+            want = info['src_readable']
+            if want < info['src_duration'] - tol:
+                problem = (f"truncated: its header says {info['src_duration']:.3f} s but its frames end after "
+                           f"{want:.3f} s")
+            elif info['audio_samples'] and not has_audio: problem = "the output lost the audio"
+        if problem is None and want is not None and abs(got - want) > tol:
+            problem = f"the output lasts {got:.3f} s but the source {want:.3f} s"
+        if problem:
+            if case == 'ok': os.unlink(dst)
+            kept = '' if case == 'ok' else f' (output {dst} kept: rerun with overwrite)'
+            raise CorruptMediaError(src, problem + kept)
         return case, '', probe(dst)['duration']
     except MediaError as e: return e.case, str(e), None
 
 def resize_videos(src_manifest, dst_dir, short_side: int = 128, workers: int = 1, crf: int = 23, preset: str = 'veryfast',
-                  keyint_s: float = 1., overwrite: bool = False, progress: bool = True) -> ResizeReport:
-    "Re-encode every video of `src_manifest` with short side `short_side` into `dst_dir` and write the new manifest there."
+                  keyint_s: float = 1., overwrite: bool = False, progress: bool = True,
+                  tolerance_s: float = 0.1) -> ResizeReport:
+    """Re-encode every video of `src_manifest` with short side `short_side` into `dst_dir`, check each output (it
+    decodes and lasts as long as the source's readable part, within `tolerance_s` s or a frame and a half) and write the
+    new manifest there with the outputs' durations; broken sources are left out and listed in the report."""
     t0 = time.perf_counter()
+    check_range(tolerance_s, 'tolerance_s', 0)
     src_manifest, dst_dir = Path(src_manifest), Path(dst_dir)
     if not src_manifest.is_file(): raise FileNotFoundError(f"src_manifest must be an existing CSV manifest, got {str(src_manifest)!r}")
     check_range(workers, 'workers', 1)
@@ -551,7 +620,7 @@ def resize_videos(src_manifest, dst_dir, short_side: int = 128, workers: int = 1
     if dst_dir.resolve() == base.resolve() and not overwrite and any((base / s).resolve() == (dst_dir / d).resolve() for s, d in targets.items()):
         raise ValueError("dst_dir would overwrite the source videos; choose another folder")
     kw = dict(short_side=short_side, crf=crf, preset=preset, keyint_s=keyint_s, threads=1 if workers > 1 else 0)
-    jobs = [(str(base / s), str(dst_dir / d), kw, overwrite) for s, d in targets.items()]
+    jobs = [(str(base / s), str(dst_dir / d), kw, overwrite, tolerance_s) for s, d in targets.items()]
     from tqdm.auto import tqdm
     bar = tqdm(total=len(jobs), desc=f'resize to {short_side}px', disable=not progress)
     results = {}
@@ -566,11 +635,12 @@ def resize_videos(src_manifest, dst_dir, short_side: int = 128, workers: int = 1
     broken = [(s, case, msg) for s, (case, msg, _) in results.items() if case not in ('ok', 'existing')]
     bad = {s for s, _, _ in broken}
     out_rows = [{**r, 'path': targets[r['path']]} for r in rows if r['path'] not in bad]
-    if 'duration' in columns:                     # the exact duration, where the manifest left it empty
+    if 'duration' in columns:                     # what the output lasts, measured (a source's header can promise more)
         for r, src_row in zip(out_rows, [r for r in rows if r['path'] not in bad]):
-            if not r['duration']: r['duration'] = f"{results[src_row['path']][2]:.3f}"
+            r['duration'] = f"{results[src_row['path']][2]:.3f}"
     out = dst_dir / src_manifest.name
-    write_manifest(out_rows, out, columns)
+    if out_rows: write_manifest(out_rows, out, columns)
+    else: out = None                              # every source was broken: no manifest to train on
     return ResizeReport(out, len(jobs), sum(c == 'ok' for c, _, _ in results.values()),
                         sum(c == 'existing' for c, _, _ in results.values()), broken, len(out_rows), time.perf_counter() - t0)
 
@@ -583,13 +653,19 @@ def resize_cli(manifest: Param("source CSV manifest (a 'path' column relative to
                crf: Param("x264 constant rate factor (lower = better quality, larger files)", int) = 23,
                preset: Param("x264 preset", str) = 'veryfast',
                keyint_s: Param("seconds between keyframes (0 = encoder default); short intervals make random windows cheap", float) = 1.,
-               overwrite: Param("re-encode files that already exist in dst", store_true) = False):
-    "Pre-resize every video of a manifest (H.264 + AAC, short side `short_side`) and write the new manifest into `dst`."
+               overwrite: Param("re-encode files that already exist in dst", store_true) = False,
+               tolerance: Param("seconds an output may differ from its source's readable part", float) = 0.1) -> int:
+    """Pre-resize every video of a manifest (H.264 + AAC, short side `short_side`) and write the new manifest into
+    `dst`. Returns the exit status: 1 when any source was broken (listed, and left out of the new manifest), else 0."""
     rep = resize_videos(manifest, dst, short_side=short_side, workers=workers, crf=crf, preset=preset, keyint_s=keyint_s,
-                        overwrite=overwrite)
+                        overwrite=overwrite, tolerance_s=tolerance)
     print(rep)
     for s, case, msg in rep.broken[:20]: print(f'  skipped ({case}): {msg}')
     if rep.n_broken > 20: print(f'  ... and {rep.n_broken - 20} more')
+    if not rep.n_broken: return 0
+    print(f"avlearn-resize: error: {rep.n_broken} of {rep.n_files} source files are broken (listed above)",
+          file=sys.stderr)
+    return 1
 
 # %% ../nbs/07a_datasets.ipynb #b087a99a
 BUILDERS = {'kinetics': kinetics_manifest, 'vggsound': vggsound_manifest, 'audioset': audioset_manifest,

@@ -4,7 +4,7 @@
 
 # %% ../nbs/04_evaluation.ipynb #78655551
 from __future__ import annotations
-import copy, csv, math, re
+import copy, math, re
 from pathlib import Path
 import numpy as np
 import torch
@@ -25,13 +25,14 @@ def _check_labels(y, name, n, xname):
     if n and (y < 0).any(): raise ValueError(f"{name} must hold non-negative class indices, got min {int(y.min())}")
     return y
 
-def _check_features(x, y, xname, yname, clips=False, dim=None):
+def _check_features(x, y, xname, yname, clips=False, dim=None, like=None):
     "Features (N,D) (or (N,C,D) when `clips`) with N >= 1 rows, finite, and N labels."
     check_tensor(x, xname, ndim=(2, 3) if clips else 2, dtype='float')
     if x.shape[0] == 0: raise ValueError(f"{xname} is empty: at least one row is needed, got shape {tuple(x.shape)}")
     if x.ndim == 3 and x.shape[1] == 0: raise ValueError(f"{xname} has no clips, got shape {tuple(x.shape)}")
     if dim is not None and x.shape[-1] != dim:
-        raise ValueError(f"{xname} must have {dim} features (like the training/query set), got shape {tuple(x.shape)}")
+        raise ValueError(f"{xname} must have {dim} features (like {like or 'the training/query set'}), "
+                         f"got shape {tuple(x.shape)}")
     if y is not None: _check_labels(y, yname, x.shape[0], xname)
     return x
 
@@ -46,6 +47,14 @@ class _few_threads:
         self.n = torch.get_num_threads()
         if self.small: torch.set_num_threads(1)
     def __exit__(self, *exc): torch.set_num_threads(self.n)
+
+def _check_rate(value, name, lo_open=False):
+    "An optimiser setting (learning rate, weight decay): a finite number >= 0 (> 0 when `lo_open`)."
+    check_range(value, name, 0, lo_open=lo_open)
+    if not value <= torch.finfo(torch.float32).max:         # inf, or beyond what the optimiser's float32 can hold
+        raise ValueError(f"{name} must be a finite number (at most {torch.finfo(torch.float32).max:.3g}), "
+                         f"got {value!r}")
+    return value
 
 def average_clips(x: torch.Tensor) -> torch.Tensor:
     "Video-level features: the mean over the clip axis of (N,C,D); (N,D) is returned unchanged."
@@ -66,10 +75,11 @@ def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Ten
     (clips: train on every clip, test by mean softmax over clips). Returns 'accuracy' (video level),
     'clip_accuracy', 'train_accuracy' and 'probs'."""
     _check_features(train_x, train_y, 'train_x', 'train_y', clips=True)
-    _check_features(test_x, test_y, 'test_x', 'test_y', clips=True, dim=train_x.shape[-1])
+    _check_features(test_x, test_y, 'test_x', 'test_y', clips=True, dim=train_x.shape[-1],
+                    like=f'train_x {tuple(train_x.shape)}')
     _check_classes_seen(train_y, test_y)
     if not isinstance(epochs, int) or epochs < 1: raise ValueError(f"epochs must be a positive int, got {epochs!r}")
-    check_range(lr, 'lr', 0, lo_open=True); check_range(weight_decay, 'weight_decay', 0)
+    _check_rate(lr, 'lr', lo_open=True); _check_rate(weight_decay, 'weight_decay')
     d = train_x.shape[-1]
     xtr = train_x.detach().cpu().double().reshape(-1, d)
     ytr = train_y.cpu().long().repeat_interleave(train_x.shape[1]) if train_x.ndim == 3 else train_y.cpu().long()
@@ -86,6 +96,8 @@ def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Ten
             opt.zero_grad(); F.cross_entropy(head(xtr), ytr).backward(); opt.step()
     with torch.no_grad():
         probs = _clip_predict(head, xte)
+        if not (torch.isfinite(head.weight).all() and torch.isfinite(probs).all()):   # no accuracy computed from NaN
+            raise FloatingPointError(f"linear_probe: the head diverged to non-finite weights (lr={lr!r} too large?)")
         out = dict(accuracy=(probs.argmax(1) == yte).float().mean().item(),
                    train_accuracy=(head(xtr).argmax(1) == ytr).float().mean().item(), probs=probs)
         out['clip_accuracy'] = ((head(xte.reshape(-1, d)).argmax(1) == yte.repeat_interleave(xte.shape[1])).float().mean().item()
@@ -108,6 +120,7 @@ def finetune(encoder: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, t
     _check_classes_seen(train_y, test_y)
     if not isinstance(epochs, int) or epochs < 1: raise ValueError(f"epochs must be a positive int, got {epochs!r}")
     if not isinstance(batch_size, int) or batch_size < 1: raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    _check_rate(lr, 'lr', lo_open=True); _check_rate(weight_decay, 'weight_decay')
     torch.manual_seed(seed); g = torch.Generator().manual_seed(seed)
     enc = copy.deepcopy(encoder) if copy_encoder else encoder
     dev = next(enc.parameters(), torch.empty(0)).device
@@ -139,7 +152,8 @@ def retrieval_recall_at_k(query_x: torch.Tensor, query_y: torch.Tensor, gallery_
     """Share of queries whose k nearest gallery items (cosine) include one of the query's class: {'R@k': ...}.
     Features (N,D) or (N,C,D) (averaged over clips first)."""
     _check_features(query_x, query_y, 'query_x', 'query_y', clips=True)
-    _check_features(gallery_x, gallery_y, 'gallery_x', 'gallery_y', clips=True, dim=query_x.shape[-1])
+    _check_features(gallery_x, gallery_y, 'gallery_x', 'gallery_y', clips=True, dim=query_x.shape[-1],
+                    like=f'query_x {tuple(query_x.shape)}')
     ks = tuple(int(k) for k in ks)
     if not ks or min(ks) < 1 or max(ks) > gallery_x.shape[0]:
         raise ValueError(f"ks must be integers in [1, {gallery_x.shape[0]}] (the gallery size), got {ks}")
@@ -155,7 +169,8 @@ def few_shot_knn(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Ten
     """kNN (cosine, majority vote) from `n_per_class` random training videos per class; mean/std accuracy over
     `n_trials` seeded draws. Features (N,D) or (N,C,D) (clip-averaged)."""
     _check_features(train_x, train_y, 'train_x', 'train_y', clips=True)
-    _check_features(test_x, test_y, 'test_x', 'test_y', clips=True, dim=train_x.shape[-1])
+    _check_features(test_x, test_y, 'test_x', 'test_y', clips=True, dim=train_x.shape[-1],
+                    like=f'train_x {tuple(train_x.shape)}')
     _check_classes_seen(train_y, test_y)
     for v, name in [(n_per_class, 'n_per_class'), (k, 'k'), (n_trials, 'n_trials')]:
         if not isinstance(v, int) or v < 1: raise ValueError(f"{name} must be a positive int, got {v!r}")
@@ -216,7 +231,8 @@ def clustering_metrics(pred, true) -> dict:
 # %% ../nbs/04_evaluation.ipynb #8336e6bc
 def text_video_retrieval(text: torch.Tensor, video: torch.Tensor, ks=(1, 5, 10)) -> dict:
     "Paired rows of `text`, `video` (N,D): {'t2v': {'R@k', 'MdR', 'MnR'}, 'v2t': {...}} with cosine similarity, 1-based ranks."
-    _check_features(text, None, 'text', None); _check_features(video, None, 'video', None, dim=text.shape[1])
+    _check_features(text, None, 'text', None)
+    _check_features(video, None, 'video', None, dim=text.shape[1], like=f'text {tuple(text.shape)}')
     if video.shape[0] != text.shape[0]: raise ValueError(f"text has {text.shape[0]} rows but video has {video.shape[0]}: they must be paired")
     ks = tuple(int(k) for k in ks)
     if not ks or min(ks) < 1: raise ValueError(f"ks must be positive integers, got {ks}")
@@ -272,7 +288,8 @@ def summarise(frame_scores, change_points, budget: float = 0.15) -> np.ndarray:
 def summary_f_score(summary, user_summaries, mode: str = 'max') -> float:
     "F-score of a binary frame `summary` (n,) against user summaries (U, n): max over users (SumMe) or mean (TVSum)."
     s = np.asarray(summary); u = np.atleast_2d(np.asarray(user_summaries))
-    if s.ndim != 1 or u.shape[1] != len(s) or u.shape[0] == 0:
+    if s.ndim != 1 or len(s) == 0: raise ValueError(f"summary must be a non-empty (n,) array, got shape {s.shape}")
+    if u.ndim != 2 or u.shape[1] != len(s) or u.shape[0] == 0:
         raise ValueError(f"user_summaries must be (U, {len(s)}) to match summary, got shape {u.shape}")
     if not (np.isin(s, (0, 1)).all() and np.isin(u, (0, 1)).all()): raise ValueError("summary and user_summaries must be binary (0/1)")
     if mode not in ('max', 'mean'): raise ValueError(f"mode must be 'max' (SumMe) or 'mean' (TVSum), got {mode!r}")
@@ -330,11 +347,8 @@ def read_hmdb51_split(split_dir, split: int = 1) -> dict:
             if parts[1] != '0': out['train' if parts[1] == '1' else 'test'].append(dict(path=f'{cname}/{parts[0]}', label=label, class_name=cname))
     return out
 
-def write_manifest(rows: list, path, video_root=None) -> Path:
-    "Write rows {path, label, class_name} as a CSV manifest (paths joined to `video_root` if given); returns the path."
-    if not rows: raise ValueError("rows is empty: nothing to write")
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, 'w', newline='', encoding='utf-8') as fh:
-        w = csv.DictWriter(fh, fieldnames=['path', 'label', 'class_name']); w.writeheader()
-        for r in rows: w.writerow(dict(path=str(Path(video_root) / r['path']) if video_root else r['path'], label=r['label'], class_name=r['class_name']))
-    return path
+
+
+# %% ../nbs/04_evaluation.ipynb #ac781240
+from .datasets import write_manifest   # the package's one manifest writer (paths joined to video_root as given)
+_all_ = ['write_manifest']

@@ -43,6 +43,8 @@ class LogMelSpectrogram(nn.Module):
         check_tensor(waveform, 'waveform', ndim=(1, 2), dtype='float')
         if waveform.shape[-1] < 2:
             raise ValueError(f"waveform must have at least 2 samples, got shape {tuple(waveform.shape)}")
+        if waveform.ndim == 2 and waveform.shape[0] == 0:   # an empty batch: an empty batch of spectrograms
+            return waveform.new_empty((0, 1, self.n_mels, self.n_frames(waveform.shape[-1])), dtype=torch.float32)
         mel = self.mel(waveform.float())
         return torch.log(mel + self.eps).unsqueeze(-3)
 
@@ -60,11 +62,22 @@ def _check_video(video, name='video'):
     check_tensor(video, name, ndim=(4, 5), dtype='float')
     if video.shape[-4] not in (1, 3):
         raise ValueError(f"{name} must be (C, T, H, W) or (B, C, T, H, W) with C = 1 or 3 channels, got shape {tuple(video.shape)}")
+    if 0 in video.shape[-3:]:
+        raise ValueError(f"{name} must have at least one frame of at least one pixel (T, H, W >= 1), "
+                         f"got shape {tuple(video.shape)}")
     return video
+
+def _check_audio(audio, name='audio'):
+    check_tensor(audio, name, ndim=(1, 2), dtype='float')
+    if audio.shape[-1] == 0: raise ValueError(f"{name} must have at least one sample, got shape {tuple(audio.shape)}")
+    return audio
 
 def _per_clip(fn, video, generator, **kw):
     "Apply `fn(clip, generator, **kw)` to one clip `(C, T, H, W)` or to each clip of a batch with independent randomness."
     if video.ndim == 4: return fn(video, generator, **kw)
+    if len(video) == 0:                       # an empty batch: the empty batch of the shape one clip would give
+        one = fn(video.new_zeros(video.shape[1:]), torch.Generator().manual_seed(0), **kw)   # (`generator` untouched)
+        return one.new_empty((0, *one.shape))
     return torch.stack([fn(v, generator, **kw) for v in video])
 
 # %% ../nbs/06_transforms.ipynb #5f887352
@@ -88,10 +101,12 @@ def resize_clip(video: torch.Tensor, size) -> torch.Tensor:
     _check_video(video)
     size = (size, size) if isinstance(size, int) else tuple(size)
     if len(size) != 2 or min(size) < 1: raise ValueError(f"size must be an int or (height, width) >= 1, got {size!r}")
-    lead = video.shape[:-2]
+    if video.numel() == 0: return video.new_empty((*video.shape[:-2], *size))
+    lead, dtype = video.shape[:-2], video.dtype
     x = video.reshape(-1, *video.shape[-2:]).unsqueeze(1)
+    if dtype in (torch.float16, torch.bfloat16): x = x.float()   # antialiased resizing: no half-precision CPU kernel
     x = nn.functional.interpolate(x, size=size, mode='bilinear', align_corners=False, antialias=True)
-    return x.squeeze(1).reshape(*lead, *size)
+    return x.squeeze(1).reshape(*lead, *size).to(dtype)
 
 def random_resized_crop(video: torch.Tensor, size=112, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3),
                         generator: torch.Generator | None = None) -> torch.Tensor:
@@ -157,7 +172,7 @@ def normalize_video(video: torch.Tensor, mean=KINETICS_MEAN, std=KINETICS_STD) -
 # %% ../nbs/06_transforms.ipynb #5e3b9704
 def volume_jitter(audio: torch.Tensor, strength: float = 0.2, generator: torch.Generator | None = None) -> torch.Tensor:
     "Scale each waveform `(S,)` / `(B, S)` by a random factor in [1 - strength, 1 + strength], clamped to [-1, 1]."
-    check_tensor(audio, 'audio', ndim=(1, 2), dtype='float'); check_range(strength, 'strength', 0, 1)
+    _check_audio(audio); check_range(strength, 'strength', 0, 1)
     a = 1 + strength * (2 * _rand(generator, *audio.shape[:-1], 1) - 1) if audio.ndim == 2 else 1 + strength * (2 * _rand(generator) - 1)
     return (audio * a.to(audio)).clamp(-1, 1)
 
@@ -201,7 +216,7 @@ def time_window(video: torch.Tensor | None, audio: torch.Tensor | None, start_s:
             raise ValueError(f"window [{start_s}, {start_s + duration_s}] s needs frames {f0}..{f0 + nf - 1} but video has {T} frames ({T / fps:.3f} s at fps={fps})")
         out_v = video[..., f0:f0 + nf, :, :]
     if audio is not None:
-        check_tensor(audio, 'audio', ndim=(1, 2), dtype='float')
+        _check_audio(audio)
         s0, ns, S = round(start_s * sample_rate), round(duration_s * sample_rate), audio.shape[-1]
         if s0 + ns > S:
             raise ValueError(f"window [{start_s}, {start_s + duration_s}] s needs samples {s0}..{s0 + ns - 1} but audio has {S} samples ({S / sample_rate:.3f} s at sample_rate={sample_rate})")
@@ -216,7 +231,7 @@ def reverse_time(video: torch.Tensor | None = None, spectrogram: torch.Tensor | 
     if spectrogram is not None:
         check_tensor(spectrogram, 'spectrogram', ndim=(3, 4), dtype='float'); out.append(spectrogram.flip(-1))
     if audio is not None:
-        check_tensor(audio, 'audio', ndim=(1, 2), dtype='float'); out.append(audio.flip(-1))
+        out.append(_check_audio(audio).flip(-1))
     if not out: raise ValueError("reverse_time needs at least one of video, spectrogram, audio")
     return out[0] if len(out) == 1 else tuple(out)
 
