@@ -4,7 +4,7 @@
 
 # %% ../nbs/02_models.ipynb #0a276177
 from __future__ import annotations
-import re
+import math, re
 from collections import Counter
 from typing import Callable, Iterable, Sequence
 import torch
@@ -16,9 +16,9 @@ from .core import check_tensor, check_range
 
 # %% auto #0
 __all__ = ['ENCODERS', 'count_parameters', 'check_video', 'check_spectrogram', 'conv2plus1d', 'TinyR2Plus1D', 'TinyAudioNet',
-           'ProjectionHead', 'R2Plus1D18', 'r2plus1d_18', 'AudioResNet9', 'tokenize', 'Vocabulary', 'bag_of_words',
-           'BagOfWordsEncoder', 'WordEmbeddingEncoder', 'register_encoder', 'build_encoder', 'encoder_summary',
-           'AVModel']
+           'PooledMLP', 'ProjectionHead', 'R2Plus1D18', 'r2plus1d_18', 'AudioResNet9', 'tokenize', 'Vocabulary',
+           'bag_of_words', 'BagOfWordsEncoder', 'WordEmbeddingEncoder', 'register_encoder', 'build_encoder',
+           'encoder_summary', 'AVModel']
 
 # %% ../nbs/02_models.ipynb #36e8cb05
 def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
@@ -104,6 +104,36 @@ class TinyAudioNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.feature_map(x).mean(dim=(2, 3)))
+
+# %% ../nbs/02_models.ipynb #839c1bd8
+class PooledMLP(nn.Module):
+    """Average-pool the input to `grid`, flatten, standardise (BatchNorm without affine parameters) and a two-layer MLP.
+    Video `(B, channels, T, H, W)` with a 3-d `grid` (`motion=True` adds the pooled clip's frame differences) or a
+    spectrogram `(B, channels, n_mels, frames)` with a 2-d `grid` -> `(B, out_dim)`."""
+    def __init__(self, grid: Sequence[int] = (8, 4, 4), channels: int = 3, hidden: int = 64, out_dim: int = 32,
+                 motion: bool = False):
+        super().__init__()
+        self.grid = tuple(int(g) for g in grid)
+        if len(self.grid) not in (2, 3) or min(self.grid) < 1:
+            raise ValueError(f"grid must hold 2 (spectrogram) or 3 (video) positive sizes, got {grid!r}")
+        for name, v in (('channels', channels), ('hidden', hidden), ('out_dim', out_dim)): check_range(v, name, 1)
+        if motion and (len(self.grid) != 3 or self.grid[0] < 2):
+            raise ValueError(f"motion needs a video grid (T, h, w) with T >= 2, got grid={grid!r}")
+        self.channels, self.motion, self.out_dim = channels, motion, out_dim
+        cells = math.prod(self.grid)
+        self.in_dim = channels * cells + (channels * cells // self.grid[0] * (self.grid[0] - 1) if motion else 0)
+        self.net = nn.Sequential(nn.BatchNorm1d(self.in_dim, affine=False), nn.Linear(self.in_dim, hidden),
+                                 nn.BatchNorm1d(hidden), nn.ReLU(inplace=True), nn.Linear(hidden, out_dim))
+
+    def pooled(self, x: torch.Tensor) -> torch.Tensor:
+        "The flattened input of the MLP: the pooled grid (and its frame differences), `(B, in_dim)`."
+        check_tensor(x, 'x', ndim=len(self.grid) + 2, dtype='float', finite=x.device.type != 'meta')
+        check_tensor(x, 'x', shape=(None, self.channels) + (None,) * len(self.grid), finite=False)
+        p = (F.adaptive_avg_pool3d if len(self.grid) == 3 else F.adaptive_avg_pool2d)(x, self.grid)
+        parts = [p.flatten(1)] + ([(p[:, :, 1:] - p[:, :, :-1]).flatten(1)] if self.motion else [])
+        return torch.cat(parts, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor: return self.net(self.pooled(x))
 
 # %% ../nbs/02_models.ipynb #9fbaa916
 class ProjectionHead(nn.Module):
@@ -301,7 +331,7 @@ def build_encoder(name: str, **kwargs) -> nn.Module:
 
 for _n, _f in [('tiny_r2plus1d', TinyR2Plus1D), ('tiny_audio', TinyAudioNet), ('r2plus1d_18', r2plus1d_18),
                ('audio_resnet9', AudioResNet9), ('bow_text', BagOfWordsEncoder), ('word_embedding_text', WordEmbeddingEncoder),
-               ('projection_head', ProjectionHead)]:
+               ('projection_head', ProjectionHead), ('pooled_mlp', PooledMLP)]:
     register_encoder(_n, _f)
 
 # %% ../nbs/02_models.ipynb #5f480aed

@@ -19,7 +19,7 @@ from .config import TrainConfig
 # %% auto #0
 __all__ = ['METHODS', 'CLAIMS', 'MethodArgs', 'parse_method_args', 'RunContext', 'Method', 'register_method', 'paper_modules',
            'available_methods', 'get_method', 'build_av_model', 'CrossModalNCEArgs', 'CrossModalNCE', 'Claim',
-           'register_claim', 'claims_of', 'claim_verdict', 'results_dir', 'show_results']
+           'register_claim', 'claims_of', 'claim_verdict', 'results_dir', 'show_results', 'train_in_process']
 
 # %% ../../nbs/engine/11_method.ipynb #9a2ec448
 @dataclass(frozen=True)
@@ -227,3 +227,13 @@ def show_results(paper: str, folder=None) -> str:
         lines.append(f"{name:<34}{paper_v:>9}{r['mean']:>14.3g} +- {r['std']:<7.2g}  {r['verdict']}{stale}")
     out = '\n'.join(lines); print(out)
     return out
+
+# %% ../../nbs/engine/11_method.ipynb #58bc1e37
+def train_in_process(config=None, overrides=(), train_set=None, test_set=None, **kwargs):
+    """`avlearn.engine.trainer.train(config, overrides=..., train_set=..., progress=False)`: how paper claims train.
+    `train_set`/`test_set` may be dicts of equal-length tensors (wrapped in `TensorDictDataset`)."""
+    from avlearn.engine.trainer import train        # the engine may import itself; papers reach it only through here
+    from avlearn.engine.data import TensorDictDataset
+    wrap = lambda d: TensorDictDataset(d) if isinstance(d, dict) else d
+    return train(config, overrides=overrides, train_set=wrap(train_set), test_set=wrap(test_set), progress=False,
+                 **kwargs)
