@@ -109,7 +109,7 @@ def write_report(folder) -> Path:
     return folder / 'REPORT.md'
 
 @call_parse
-def reproduce_cli(papers: Param("paper modules (default: all)", str, nargs='*') = None,
+def reproduce_cli(papers: Param("paper modules (default: all)", str, nargs='*'),
                   seeds: Param("seeds per claim", int) = 3,
                   budget: Param("'full' (committed results) or 'fast' (the notebooks' live runs)", str) = 'full',
                   out: Param("folder for <paper>.json and REPORT.md (default: results/ of the checkout)", str) = None,
