@@ -222,9 +222,10 @@ def select_prototypes(q: torch.Tensor, k: torch.Tensor, n_prototypes: int, selec
         raise ValueError(f"n_prototypes must be an int in [1, {hi}] ({'queries + keys' if selection != 'segment_means' else 'min(queries, keys)'}) "
                          f"for {q.shape[-2]} queries and {k.shape[-2]} keys with selection={selection!r}, got {n_prototypes!r}")
     if selection == 'segment_means': return 0.5 * (segment_means(q, n_prototypes) + segment_means(k, n_prototypes))
-    R, m = n_prototypes, min(M, oversample * n_prototypes)
-    # c*R random candidates (without replacement when that is cheap, else with: a repeat has |cos| = 1 and is never re-picked)
-    idx = (torch.randperm(M, generator=generator)[:m] if m == M or M <= 4096 else
+    R, m = n_prototypes, (n_prototypes if selection == 'random' else min(M, oversample * n_prototypes))
+    # random: R distinct queries / keys. orthogonal: c*R random candidates (without replacement when that is cheap, else
+    # with: a repeat has |cos| = 1 to its twin and is never picked twice)
+    idx = (torch.randperm(M, generator=generator)[:m] if m == M or M <= 4096 or selection == 'random' else
            torch.randint(M, (m,), generator=generator)).to(q.device)
     nq = q.shape[-2]; iq, ik = idx[idx < nq], idx[idx >= nq] - nq
     cand = torch.cat([q.index_select(-2, iq), k.index_select(-2, ik)], -2)
@@ -284,6 +285,7 @@ def nystrom_attention(q, k, v, n_landmarks: int = 64, n_iter: int = 6) -> torch.
     pq, pk = segment_means(q, n_landmarks), segment_means(k, n_landmarks)
     kernel = (pq @ pk.transpose(-1, -2)).mul_(D ** -0.5).softmax(-1)                    # S(Pq Pk^T / sqrt D): (..., R, R)
     z = iterative_pinv(kernel, n_iter) @ softmax_attend(pq, k, v)                         # Omega_2^+ (Omega_3 V): (..., R, Dv)
+    del kernel, pq                                                                         # not held during the last step
     return softmax_attend(q, pk, z)                                                        # Omega_1 (...), never N x R at once
 
 def performer_features(n_features: int, dim: int, generator: torch.Generator | None = None, orthogonal: bool = True) -> torch.Tensor:

@@ -194,9 +194,10 @@ def memory_section(a, dev):
                           f'Performer-{R}': lambda: performer_attention(q, k, v, R, generator=g()),
                           f'random {R} keys (baseline)': lambda: subset_attention(q, k, v, R, g())})
             for name, f in cells.items():
-                mib = peak_mib(f, dev); worst = max(worst, mib / ref)
+                mib = peak_mib(f, dev)
+                if 'baseline' not in name: worst = max(worst, mib / ref)
                 print(f"  {name:34s} {mib:7.2f} MiB   {mib / ref:5.2f}x exact")
-        print(f"  largest ratio: {worst:.2f}x (target <= 1: {'met' if worst <= 1 else 'NOT met'})")
+        print(f"  largest ratio of an approximation: {worst:.2f}x (target <= 1: {'met' if worst <= 1 else 'NOT met'})")
 
 
 def cost_section(a, dev):
