@@ -290,7 +290,8 @@ def nystrom_attention(q, k, v, n_landmarks: int = 64, n_iter: int = 6) -> torch.
     return softmax_attend(q, pk, z)                                                # Omega_1 (...), never N x R at once
 
 def performer_features(n_features: int, dim: int, generator: torch.Generator | None = None, orthogonal: bool = True) -> torch.Tensor:
-    "Random projection W (n_features, dim) for FAVOR+: Gaussian rows, orthogonalised in blocks of `dim`, with chi-distributed norms."
+    """Random projection W (n_features, dim) for FAVOR+: Gaussian rows, or (orthogonal) uniformly random orthogonal
+    blocks of `dim` rows with chi-distributed norms."""
     if not isinstance(n_features, int) or n_features < 1: raise ValueError(f"n_features must be a positive int, got {n_features!r}")
     g = torch.randn(n_features, dim, generator=generator)
     if not orthogonal: return g
