@@ -66,7 +66,8 @@ def softmax_attend(a: torch.Tensor, b: torch.Tensor, x: torch.Tensor) -> torch.T
     # the fused CPU kernel needs Dx = D (else it falls back to materialising n x r): chunks of rows instead
     out, step = x.new_empty(*a.shape[:-1], x.shape[-1]), max(1, CHUNK_ELEMENTS // b.shape[-2])
     for i in range(0, a.shape[-2], step):
-        out[..., i:i + step, :] = (a[..., i:i + step, :] @ b.transpose(-1, -2)).mul_(a.shape[-1] ** -0.5).softmax(-1) @ x
+        weights = (a[..., i:i + step, :] @ b.transpose(-1, -2)).mul_(a.shape[-1] ** -0.5).softmax(-1)
+        out[..., i:i + step, :] = weights @ x
     return out
 
 # %% ../nbs/09_attention.ipynb #4c15f3be
@@ -222,9 +223,10 @@ def select_prototypes(q: torch.Tensor, k: torch.Tensor, n_prototypes: int, selec
         raise ValueError(f"n_prototypes must be an int in [1, {hi}] ({'queries + keys' if selection != 'segment_means' else 'min(queries, keys)'}) "
                          f"for {q.shape[-2]} queries and {k.shape[-2]} keys with selection={selection!r}, got {n_prototypes!r}")
     if selection == 'segment_means': return 0.5 * (segment_means(q, n_prototypes) + segment_means(k, n_prototypes))
-    R, m = n_prototypes, min(M, oversample * n_prototypes)
-    # c*R random candidates (without replacement when that is cheap, else with: a repeat has |cos| = 1 and is never re-picked)
-    idx = (torch.randperm(M, generator=generator)[:m] if m == M or M <= 4096 else
+    R, m = n_prototypes, (n_prototypes if selection == 'random' else min(M, oversample * n_prototypes))
+    # random: R distinct queries / keys. orthogonal: c*R random candidates (without replacement when that is cheap,
+    # else with: a repeat has |cos| = 1 to its twin and is never picked twice)
+    idx = (torch.randperm(M, generator=generator)[:m] if m == M or M <= 4096 or selection == 'random' else
            torch.randint(M, (m,), generator=generator)).to(q.device)
     nq = q.shape[-2]; iq, ik = idx[idx < nq], idx[idx >= nq] - nq
     cand = torch.cat([q.index_select(-2, iq), k.index_select(-2, ik)], -2)
@@ -233,9 +235,9 @@ def select_prototypes(q: torch.Tensor, k: torch.Tensor, n_prototypes: int, selec
     with torch.no_grad():                                                               # the choice itself is not differentiated
         u = F.normalize(cand.float(), dim=-1)
         abs_cos = lambda j: (u @ torch.take_along_dim(u, j[..., None], -2).transpose(-1, -2)).squeeze(-1).abs()
-        # |cos| of every candidate to the last pick, one (cR,) column at a time: O(cR) memory instead of a cR x cR table
+        # |cos| of every candidate to the last pick, one (cR,) column at a time: O(cR) memory, not a cR x cR table
         picks = [torch.zeros(*u.shape[:-2], 1, dtype=torch.long, device=u.device)]
-        worst = abs_cos(picks[0]); worst[..., 0] = float('inf')                         # max |cos| to the chosen set; chosen = inf
+        worst = abs_cos(picks[0]); worst[..., 0] = float('inf')           # max |cos| to the chosen set; chosen = inf
         for _ in range(R - 1):
             j = worst.argmin(-1, keepdim=True)                                            # the most orthogonal candidate
             picks.append(j)
@@ -282,12 +284,14 @@ def nystrom_attention(q, k, v, n_landmarks: int = 64, n_iter: int = 6) -> torch.
     if not isinstance(n_landmarks, int) or not 1 <= n_landmarks <= min(N, M):
         raise ValueError(f"n_landmarks must be an int in [1, {min(N, M)}], got {n_landmarks!r}")
     pq, pk = segment_means(q, n_landmarks), segment_means(k, n_landmarks)
-    kernel = (pq @ pk.transpose(-1, -2)).mul_(D ** -0.5).softmax(-1)                    # S(Pq Pk^T / sqrt D): (..., R, R)
-    z = iterative_pinv(kernel, n_iter) @ softmax_attend(pq, k, v)                         # Omega_2^+ (Omega_3 V): (..., R, Dv)
-    return softmax_attend(q, pk, z)                                                        # Omega_1 (...), never N x R at once
+    kernel = (pq @ pk.transpose(-1, -2)).mul_(D ** -0.5).softmax(-1)            # S(Pq Pk^T / sqrt D): (..., R, R)
+    z = iterative_pinv(kernel, n_iter) @ softmax_attend(pq, k, v)                 # Omega_2^+ (Omega_3 V): (..., R, Dv)
+    del kernel, pq                                                                 # not held during the last step
+    return softmax_attend(q, pk, z)                                                # Omega_1 (...), never N x R at once
 
 def performer_features(n_features: int, dim: int, generator: torch.Generator | None = None, orthogonal: bool = True) -> torch.Tensor:
-    "Random projection W (n_features, dim) for FAVOR+: Gaussian rows, orthogonalised in blocks of `dim`, with chi-distributed norms."
+    """Random projection W (n_features, dim) for FAVOR+: Gaussian rows, or (orthogonal) uniformly random orthogonal
+    blocks of `dim` rows with chi-distributed norms."""
     if not isinstance(n_features, int) or n_features < 1: raise ValueError(f"n_features must be a positive int, got {n_features!r}")
     g = torch.randn(n_features, dim, generator=generator)
     if not orthogonal: return g
@@ -297,13 +301,15 @@ def performer_features(n_features: int, dim: int, generator: torch.Generator | N
     blocks = (q * r.diagonal(dim1=-2, dim2=-1).sign()[..., None, :]).mT                        # rows orthonormal
     return blocks.reshape(-1, dim)[:n_features] * g.norm(dim=1, keepdim=True)                    # chi(dim) row norms
 
-def _favor_logits(x, W): return x @ W.transpose(-1, -2) - x.pow(2).sum(-1, keepdim=True) / 2   # w.x - |x|^2/2: (..., n, m)
+def _favor_logits(x, W): return x @ W.transpose(-1, -2) - x.pow(2).sum(-1, keepdim=True) / 2   # w.x - |x|^2 / 2
 
 def favor_features(x: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
-    "FAVOR+ positive random features phi(x) = m^-1/2 exp(W x - |x|^2/2) (..., n, m) of x (..., n, D) for W (..., m, D); phi(x).phi(y) estimates exp(x.y)."
+    """FAVOR+ positive random features phi(x) = m^-1/2 exp(W x - |x|^2/2) (..., n, m) of x (..., n, D) for W
+    (..., m, D): phi(x).phi(y) is an unbiased estimate of exp(x.y)."""
     check_tensor(W, 'W', dtype='float'); check_tensor(x, 'x', dtype='float')
     if W.ndim < 2 or W.shape[-1] != x.shape[-1]:
-        raise ValueError(f"W must have shape (..., m, {x.shape[-1]}) for x (..., n, {x.shape[-1]}), got {tuple(W.shape)}")
+        raise ValueError(f"W must have shape (..., m, {x.shape[-1]}) for x (..., n, {x.shape[-1]}), "
+                         f"got {tuple(W.shape)}")
     return _favor_logits(x, W.to(x.dtype)).exp() / math.sqrt(W.shape[-2])
 
 def performer_attention(q, k, v, n_features: int = 256, generator: torch.Generator | None = None,
@@ -336,7 +342,7 @@ def performer_attention(q, k, v, n_features: int = 256, generator: torch.Generat
     for i in range(0, N, step):
         lq = logits(q[..., i:i + step, :])
         fq = lq.sub_(lq.detach().amax(-1, keepdim=True)).exp_()
-        den = (fq @ ks.unsqueeze(-1)).clamp_min(torch.finfo(fq.dtype).tiny)                # > 0; the clamp guards underflow only
+        den = (fq @ ks.unsqueeze(-1)).clamp_min(torch.finfo(fq.dtype).tiny)          # > 0; the clamp guards underflow
         out[..., i:i + step, :] = (fq @ kv) / den
     return out
 
@@ -425,42 +431,48 @@ def mean_value_attention(q, k, v) -> torch.Tensor:
 def subset_attention(q, k, v, n_keys: int, generator: torch.Generator | None = None) -> torch.Tensor:
     "Trivial baseline: exact attention over `n_keys` keys (and their values) drawn at random without replacement."
     _, M, _ = _check_qkv(q, k, v)
-    if not isinstance(n_keys, int) or not 1 <= n_keys <= M: raise ValueError(f"n_keys must be an int in [1, {M}], got {n_keys!r}")
+    if not isinstance(n_keys, int) or not 1 <= n_keys <= M:
+        raise ValueError(f"n_keys must be an int in [1, {M}], got {n_keys!r}")
     idx = torch.randperm(M, generator=generator)[:n_keys].to(k.device)
     return softmax_attend(q, k.index_select(-2, idx), v.index_select(-2, idx))
 
 ERROR_METHODS = {   # name -> f(q, k, v, R, generator): each approximation at budget R, then the two trivial baselines
     'Orthoformer (orthogonal)': lambda q, k, v, R, g: orthoformer_attention(q, k, v, R, 'orthogonal', generator=g),
     'Orthoformer (random)': lambda q, k, v, R, g: orthoformer_attention(q, k, v, R, 'random', generator=g),
-    'Orthoformer (segment means)': lambda q, k, v, R, g: orthoformer_attention(q, k, v, R, 'segment_means', generator=g),
+    'Orthoformer (segment means)': lambda q, k, v, R, g: orthoformer_attention(q, k, v, R, 'segment_means',
+                                                                               generator=g),
     'Nystromformer': lambda q, k, v, R, g: nystrom_attention(q, k, v, R),
     'Performer': lambda q, k, v, R, g: performer_attention(q, k, v, R, generator=g),
     'random subset of keys': lambda q, k, v, R, g: subset_attention(q, k, v, R, g),
     'mean of v': lambda q, k, v, R, g: mean_value_attention(q, k, v),
 }
 TRIVIAL_BASELINES = ('random subset of keys', 'mean of v')
-TABLE_3B_ORDER = ('Orthoformer (orthogonal)', 'Orthoformer (random)', 'Orthoformer (segment means)')   # paper: best first
+TABLE_3B_ORDER = tuple(f'Orthoformer ({s})' for s in ('orthogonal', 'random', 'segment means'))   # paper: best first
 
 # %% ../nbs/09_attention.ipynb #35c0b2c5
 def clustered_qkv(n_tokens: int, dim: int = 64, n_clusters: int = 16, spread: float = 0.3,
                   generator: torch.Generator | None = None) -> tuple:
-    "q = k: tokens near `n_clusters` Gaussian centres (noise `spread` per coordinate); v Gaussian. Each (1, 1, N, dim)."
+    "q = k: tokens near `n_clusters` Gaussian centres (noise `spread` a coordinate); v Gaussian; each (1, 1, N, dim)."
     centres = torch.randn(n_clusters, dim, generator=generator)
-    x = centres[torch.randint(n_clusters, (n_tokens,), generator=generator)] + spread * torch.randn(n_tokens, dim, generator=generator)
+    members = torch.randint(n_clusters, (n_tokens,), generator=generator)                   # drawn before the noise
+    x = centres[members] + spread * torch.randn(n_tokens, dim, generator=generator)
     return x[None, None], x[None, None], torch.randn(1, 1, n_tokens, dim, generator=generator)
 
-def sharpened_qkv(n_tokens: int, dim: int = 64, sharpen: float = 2.0, generator: torch.Generator | None = None) -> tuple:
-    "Gaussian q, k multiplied by `sharpen` (logits x sharpen^2: each query attends to a few keys); v Gaussian. (1, 1, N, dim)."
+def sharpened_qkv(n_tokens: int, dim: int = 64, sharpen: float = 2.0,
+                  generator: torch.Generator | None = None) -> tuple:
+    "Gaussian q, k times `sharpen` (logits x sharpen^2: a query attends to few keys); v Gaussian; each (1, 1, N, dim)."
     q, k, v = torch.randn(3, 1, 1, n_tokens, dim, generator=generator).unbind(0)
     return q * sharpen, k * sharpen, v
 
 def motionformer_qkv(fixture, n_tokens: int, layer: int = -1, seed: int = 0) -> tuple:
-    "Per-head q, k, v (1, H, n_tokens, D) of block `layer` of the Motionformer in `fixture` on held-out toy-world clips (patch tokens of consecutive clips)."
+    """Per-head q, k, v (1, H, n_tokens, D) of block `layer` of the Motionformer saved in `fixture`, on held-out
+    toy-world clips: the patch tokens of consecutive clips, one after another."""
     try: from avlearn.papers.motionformer import motionformer
     except ImportError: from avlearn.motionformer import motionformer
     from avlearn.data import ToyWorld, ToyWorldConfig
     fx = torch.load(fixture, weights_only=True)
-    model = motionformer(**fx['model']); model.load_state_dict({k: t.float() for k, t in fx['state'].items()}); model.eval()
+    model = motionformer(**fx['model']).eval()
+    model.load_state_dict({name: t.float() for name, t in fx['state'].items()})
     per_clip = model.T * model.S
     world = ToyWorld(ToyWorldConfig(**fx['world']), n=-(-n_tokens // per_clip), seed=fx['eval_seed'] + seed)
     with torch.no_grad():
@@ -470,11 +482,13 @@ def motionformer_qkv(fixture, n_tokens: int, layer: int = -1, seed: int = 0) -> 
         attn = blocks[layer].attn
         qkv = attn._heads(blocks[layer].norm1(x), attn.qkv)                               # 3 x (clips, H, 1 + T*S, D)
     # drop the class tokens, put the clips one after another: (1, H, clips * T * S, D), the first n_tokens
-    return tuple(t[:, :, 1:].transpose(0, 1).reshape(1, t.shape[1], -1, t.shape[-1])[:, :, :n_tokens].contiguous() for t in qkv)
+    return tuple(t[:, :, 1:].transpose(0, 1).reshape(1, t.shape[1], -1, t.shape[-1])[:, :, :n_tokens].contiguous()
+                 for t in qkv)
 
 # %% ../nbs/09_attention.ipynb #651577a9
 def approximation_errors(make_inputs: Callable, Rs, seeds=(0, 1, 2), methods: dict | None = None):
-    "Long table (method, R, seed, error) of the relative error of each of `methods` (default `ERROR_METHODS`) against exact attention on `make_inputs(seed)`."
+    """Long table (method, R, seed, error): the relative error against exact attention of each of `methods` (default
+    `ERROR_METHODS`) on the inputs `make_inputs(seed)`, at every R."""
     import pandas as pd
     methods, rows = methods or ERROR_METHODS, []
     for s in seeds:
@@ -482,30 +496,36 @@ def approximation_errors(make_inputs: Callable, Rs, seeds=(0, 1, 2), methods: di
         ref = exact_attention(q, k, v)
         for R in Rs:
             for name, fn in methods.items():
-                rows.append((name, R, s, relative_error(fn(q, k, v, R, torch.Generator().manual_seed(1000 * s + R)), ref)))
+                approx = fn(q, k, v, R, torch.Generator().manual_seed(1000 * s + R))
+                rows.append((name, R, s, relative_error(approx, ref)))
     return pd.DataFrame(rows, columns=['method', 'R', 'seed', 'error'])
 
 def ordering_verdict(errors, order, R: int, n_sigma: float = 2.0) -> tuple:
-    "Does `order` (method names, lowest error first) hold at R? Per consecutive pair, the mean over seeds of the paired error difference against n_sigma standard errors; returns (verdict, [(pair, mean diff, standard error)])."
+    """Does `order` (method names, lowest error first) hold at R? For each consecutive pair, the mean over seeds of the
+    paired error difference against `n_sigma` standard errors. Returns (verdict, [(pair, mean diff, std error)])."""
     e = errors[errors.R == R].pivot(index='seed', columns='method', values='error')
     if len(e) < 2: return 'one seed: no noise estimate', []
     steps, signs = [], []
     for a, b in zip(order, order[1:]):
         d = e[a] - e[b]                                                                   # < 0: a has the lower error
         mean, se = d.mean(), d.std(ddof=1) / math.sqrt(len(d))
-        steps.append((f'{a} < {b}', mean, se)); signs.append(-1 if mean < -n_sigma * se else 1 if mean > n_sigma * se else 0)
-    verdict = 'holds' if all(s < 0 for s in signs) else 'contradicted' if any(s > 0 for s in signs) else 'not separated'
+        steps.append((f'{a} < {b}', mean, se))
+        signs.append(-1 if mean < -n_sigma * se else 1 if mean > n_sigma * se else 0)
+    verdict = ('holds' if all(s < 0 for s in signs) else 'contradicted' if any(s > 0 for s in signs)
+               else 'not separated')
     return verdict, steps
 
 # %% ../nbs/09_attention.ipynb #6f907038
 def attention_diagnostics(q, k, v, R: int = 128, generator: torch.Generator | None = None) -> dict:
-    "Where approximations break, for the first batch row and head of q, k, v (..., N, D): keys per query (median row perplexity), rank holding 90% of the exact attention matrix's energy, Orthoformer-R's mean row cosine and norm ratio to exact, Performer's predicted relative std of one kernel estimate at m = R."
+    """Where approximations break, for the first batch row and head of q, k, v (..., N, D): keys per query (median row
+    perplexity), the rank holding 90% of the exact attention matrix's energy, Orthoformer-R's mean row cosine and norm
+    ratio to exact attention, and Performer's predicted relative std of one kernel estimate at m = R."""
     N, _, D = _check_qkv(q, k, v)
     q, k, v = (x.reshape(-1, *x.shape[-2:])[0].double() for x in (q, k, v))   # one head, float64: e^|x+y|^2 is large
     A = (q @ k.T / math.sqrt(D)).softmax(-1)                                    # exact attention matrix (N, M)
     energy = torch.linalg.svdvals(A.float()).double().square().cumsum(0)                 # float32 SVD: 4x faster
     y, yo = A @ v, orthoformer_attention(q, k, v, R, generator=generator)
-    x2 = ((q + k[A.argmax(-1)]) ** 2).sum(-1) / math.sqrt(D)                    # |q' + k'|^2, q' = q / D^(1/4), top key
+    x2 = ((q + k[A.argmax(-1)]) ** 2).sum(-1) / math.sqrt(D)                    # |q' + k'|^2, q' = q / D^(1/4)
     return {'keys per query': (-(A * A.clamp_min(1e-300).log()).sum(-1)).exp().median().item(),
             'rank 90%': int((energy < 0.9 * energy[-1]).sum()) + 1,
             'Orthoformer cos': F.cosine_similarity(yo, y, dim=-1).mean().item(),
