@@ -58,6 +58,7 @@ class ToyWorldConfig:
     scenes: tuple = tuple(SCENES)
     n_distractors: int = 0             # silent objects that move linearly
     camera_pan: bool = False           # the camera pans: background and objects shift together
+    camera_drift: float = 0.0          # the view drifts up to this many frame widths per clip, wrapping around
     video_noise: float = 0.0           # std of Gaussian pixel noise
     audio_noise: float = 0.0           # std of Gaussian waveform noise
     ambient_level: float = 0.15        # loudness of the scene's ambient sound
@@ -87,6 +88,7 @@ class ToyWorldConfig:
         if not isinstance(self.n_distractors, (int, np.integer)) or isinstance(self.n_distractors, bool) or self.n_distractors < 0:
             raise ValueError(f"n_distractors must be an int >= 0, got {self.n_distractors!r}")
         check_range(self.ambient_level, 'ambient_level', 0, 1)
+        check_range(self.camera_drift, 'camera_drift', 0)
         bad = [l for l in self.languages if l not in LEXICON]
         if bad: raise ValueError(f"languages must be among {tuple(LEXICON)}, got {bad}")
 
@@ -219,6 +221,16 @@ def _texture(kind: str, X: np.ndarray, Y: np.ndarray, phase: float) -> np.ndarra
     if kind == 'checks': return ((np.floor(6 * X + phase) + np.floor(6 * Y)) % 2).astype(np.float32)
     if kind == 'dots': return (np.sin(2 * np.pi * 7 * X + phase) * np.sin(2 * np.pi * 7 * Y) > 0.85).astype(np.float32)
     raise ValueError(f"unknown texture {kind!r}")
+
+def _drift(frames: np.ndarray, distance: float, angle: float) -> np.ndarray:
+    """Frames (T, H, W, 3) seen by a camera that drifts `distance` frame widths over the clip in direction `angle`,
+    wrapping around: every scene texture has period 1 in x and y, so the toy world is a torus without seams."""
+    T, H = frames.shape[:2]
+    out = np.empty_like(frames)
+    for t in range(T):
+        d = distance * H * t / max(T - 1, 1)
+        out[t] = np.roll(frames[t], (int(round(d * np.sin(angle))), int(round(d * np.cos(angle)))), (0, 1))
+    return out
 
 def _render_video(cfg: ToyWorldConfig, f: dict, tr: dict, distractors: list, pan: np.ndarray) -> np.ndarray:
     "Frames (T, H, W, 3) float32 in [0, 1]."
@@ -371,6 +383,8 @@ class ToyWorld(torch.utils.data.Dataset):
             grey = float(rng.uniform(0.3, 0.9))
             distractors.append((c.shapes[rng.integers(len(c.shapes))], (grey, grey, grey), d_tr['x'], d_tr['y'], d_tr['s'], d_tr['alpha']))
         video = _render_video(c, f, tr, distractors, pan)
+        if c.camera_drift:   # drawn only when asked for, so worlds without drift stay as they were
+            video = _drift(video, c.camera_drift * rng.uniform(0.5, 1.0), rng.uniform(0, 2 * np.pi))
         if c.video_noise: video = video + c.video_noise * rng.standard_normal(video.shape).astype(np.float32)
         audio = _render_audio(c, f, tr, rng)
         narr = {l: asr_corrupt(describe(f, l), c.asr_error_rate, rng, l) for l in c.languages}
