@@ -464,14 +464,14 @@ def sharpened_qkv(n_tokens: int, dim: int = 64, sharpen: float = 2.0,
     q, k, v = torch.randn(3, 1, 1, n_tokens, dim, generator=generator).unbind(0)
     return q * sharpen, k * sharpen, v
 
-def motionformer_qkv(fixture, n_tokens: int, layer: int = -1, seed: int = 0) -> tuple:
+def motionformer_qkv(fixture, n_tokens: int, layer: int = -1, seed: int = 0, build: Callable = None) -> tuple:
     """Per-head q, k, v (1, H, n_tokens, D) of block `layer` of the Motionformer saved in `fixture`, on held-out
-    toy-world clips: the patch tokens of consecutive clips, one after another."""
-    try: from avlearn.papers.motionformer import motionformer
-    except ImportError: from avlearn.motionformer import motionformer
+    toy-world clips: the patch tokens of consecutive clips, one after another. `build(**kwargs)` makes the model from
+    the fixture's settings (`avlearn.papers.motionformer.motionformer`: a foundation does not import a paper)."""
+    if not callable(build): raise TypeError("build must be the model's constructor, e.g. avlearn.papers.motionformer.motionformer")
     from avlearn.data import ToyWorld, ToyWorldConfig
     fx = torch.load(fixture, weights_only=True)
-    model = motionformer(**fx['model']).eval()
+    model = build(**fx['model']).eval()
     model.load_state_dict({name: t.float() for name, t in fx['state'].items()})
     per_clip = model.T * model.S
     world = ToyWorld(ToyWorldConfig(**fx['world']), n=-(-n_tokens // per_clip), seed=fx['eval_seed'] + seed)

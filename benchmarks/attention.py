@@ -28,6 +28,7 @@ import argparse, time, warnings
 from pathlib import Path
 import numpy as np
 import torch
+from avlearn.papers.motionformer import motionformer
 import torch.nn as nn
 import torch.nn.functional as F
 from avlearn.attention import (exact_attention, orthoformer_attention, nystrom_attention, performer_attention,
@@ -85,8 +86,7 @@ def make_fixture(path, steps=1000, batch=16, lr=1e-3, seed=0):
     tokens), trajectory attention, AdamW with label smoothing 0.2 as in the paper; one linear head per factor (action,
     object, colour) of the default world so that the tokens have to encode both motion and appearance. Held-out
     accuracies are stored with the weights."""
-    try: from avlearn.papers.motionformer import motionformer
-    except ImportError: from avlearn.motionformer import motionformer
+    from avlearn.papers.motionformer import motionformer
     from avlearn.core import seed_everything
     from avlearn.data import ToyWorld, ToyWorldConfig, ACTIONS, SHAPES, COLOURS
     factors = {'action': len(ACTIONS), 'object': len(SHAPES), 'colour': len(COLOURS)}
@@ -129,8 +129,8 @@ def input_kinds(fixture):
     g = lambda s: torch.Generator().manual_seed(s)
     kinds = {}
     if Path(fixture).exists():
-        kinds['Motionformer tokens (last block)'] = lambda n, s: motionformer_qkv(fixture, n, layer=-1, seed=s)
-        kinds['Motionformer tokens (first block)'] = lambda n, s: motionformer_qkv(fixture, n, layer=0, seed=s)
+        kinds['Motionformer tokens (last block)'] = lambda n, s: motionformer_qkv(fixture, n, layer=-1, seed=s, build=motionformer)
+        kinds['Motionformer tokens (first block)'] = lambda n, s: motionformer_qkv(fixture, n, layer=0, seed=s, build=motionformer)
     else: print(f"  (no fixture at {fixture}: run with --make-fixture to include Motionformer tokens)")
     kinds['clustered tokens (16 clusters)'] = lambda n, s: clustered_qkv(n, generator=g(s))
     kinds['sharpened logits (q, k x 2)'] = lambda n, s: sharpened_qkv(n, generator=g(s))

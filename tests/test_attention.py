@@ -5,6 +5,7 @@ import math
 from pathlib import Path
 import pytest
 import torch
+from avlearn.papers.motionformer import motionformer
 import torch.nn as nn
 from avlearn.attention import (exact_attention, joint_attention, space_attention, time_attention, trajectory_attention,
                                orthoformer_attention, select_prototypes, nystrom_attention, performer_attention,
@@ -296,8 +297,9 @@ def test_ordering_verdict_rules():
 def test_motionformer_tokens_from_fixture():
     fixture = Path(__file__).resolve().parents[1] / 'benchmarks' / 'fixtures' / 'motionformer_toy.pt'
     assert fixture.exists() and fixture.stat().st_size < 1_000_000
-    q, k, v = motionformer_qkv(fixture, 700, seed=0)                           # 700 tokens: two clips, cut
+    q, k, v = motionformer_qkv(fixture, 700, seed=0, build=motionformer)      # 700 tokens: two clips, cut
     assert q.shape == k.shape == v.shape == (1, 1, 700, 64) and torch.isfinite(q).all()
-    q2, _, _ = motionformer_qkv(fixture, 700, seed=0); q0, _, _ = motionformer_qkv(fixture, 700, layer=0, seed=0)
+    q2, _, _ = motionformer_qkv(fixture, 700, seed=0, build=motionformer)
+    q0, _, _ = motionformer_qkv(fixture, 700, layer=0, seed=0, build=motionformer)
     assert torch.equal(q, q2) and not torch.allclose(q, q0)
     assert torch.load(fixture, weights_only=True)['train']['steps'] > 0       # a trained model, not an initialisation

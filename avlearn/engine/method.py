@@ -19,7 +19,8 @@ from .config import TrainConfig
 # %% auto #0
 __all__ = ['METHODS', 'CLAIMS', 'MethodArgs', 'parse_method_args', 'RunContext', 'Method', 'register_method', 'paper_modules',
            'available_methods', 'get_method', 'build_av_model', 'CrossModalNCEArgs', 'CrossModalNCE', 'Claim',
-           'register_claim', 'claims_of', 'claim_verdict', 'results_dir', 'show_results', 'train_in_process']
+           'register_claim', 'claims_of', 'claim_verdict', 'results_dir', 'show_results', 'train_in_process',
+           'evaluate_in_process']
 
 # %% ../../nbs/engine/11_method.ipynb #9a2ec448
 @dataclass(frozen=True)
@@ -237,3 +238,12 @@ def train_in_process(config=None, overrides=(), train_set=None, test_set=None, *
     wrap = lambda d: TensorDictDataset(d) if isinstance(d, dict) else d
     return train(config, overrides=overrides, train_set=wrap(train_set), test_set=wrap(test_set), progress=False,
                  **kwargs)
+
+def evaluate_in_process(cfg, method, model, train_set, test_set, tasks=None) -> dict:
+    """`avlearn.engine.evaluation.evaluate_model`: linear probe and R@1 of `method.features` per task, for paper
+    claims; `train_set`/`test_set` may be dicts of equal-length tensors."""
+    from avlearn.engine.evaluation import evaluate_model
+    from avlearn.engine.data import TensorDictDataset
+    wrap = lambda d: TensorDictDataset(d) if isinstance(d, dict) else d
+    return evaluate_model(cfg, method, model, wrap(train_set), wrap(test_set), tasks=tasks)
+

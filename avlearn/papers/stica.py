@@ -4,7 +4,7 @@
 
 # %% ../../nbs/papers/24_stica.ipynb #e64757c6
 from __future__ import annotations
-import copy, math, time
+import copy, json, math, time
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Sequence
@@ -18,7 +18,8 @@ from ..dist import is_distributed, rank, unwrap
 from ..losses import info_nce, cross_modal_nce
 from ..models import AVModel, build_encoder
 from ..transforms import random_resized_crop, horizontal_flip, color_jitter, resize_clip
-from ..engine.method import Method, MethodArgs, register_method, Claim, register_claim
+from ..engine.method import (Method, MethodArgs, register_method, Claim, register_claim, train_in_process,
+                                   evaluate_in_process)
 
 # %% auto #0
 __all__ = ['POOLINGS', 'ORDER_ACTIVITIES', 'TIME_ONLY', 'TOY_CROPS', 'NO_CROPS', 'TABLE3_ROWS', 'TABLE1C', 'TABLE2', 'BUDGETS',
@@ -423,24 +424,19 @@ def toy_clips(world: str, seed: int, n_train: int, n_test: int) -> tuple:
 def pretrain_toy(method_args: dict, clips: dict, seed: int, steps: int) -> tuple:
     """Pretrain method `stica` with `method_args` on in-memory `clips` through the engine's trainer (one loss path:
     `STiCA.loss`); returns (config, method, model)."""
-    from avlearn.engine.config import load_config           # the engine's trainer, reached from a claim's run only
-    from avlearn.engine.data import TensorDictDataset
-    from avlearn.engine.trainer import train
     t = TOY
     epochs = math.ceil(steps / (len(clips['video']) // t['batch_size']))
-    cfg = load_config(None, [f'seed={seed}', f'max_steps={steps}', f'epochs={epochs}', 'method=stica',
-                             f'data.batch_size={t["batch_size"]}', f'data.fps={t["fps"]}', f'optim.lr={t["lr"]}',
-                             f'model.proj_dim={t["proj_dim"]}', f'model.video_args={{width: {t["width"]}}}',
-                             f'model.audio_args={{width: {t["width"]}}}', 'eval_tasks=[action]', 'log_every=1000'])
-    cfg.method_args = {**t['transformer'], 'pooling': 'avg', **method_args}
-    trainer = train(cfg, train_set=TensorDictDataset(clips), progress=False)
-    return cfg, trainer.method, trainer.model
+    args = json.dumps({**t['transformer'], 'pooling': 'avg', **method_args})   # JSON is YAML: one override
+    trainer = train_in_process(None, [f'seed={seed}', f'max_steps={steps}', f'epochs={epochs}', 'method=stica',
+                                      f'data.batch_size={t["batch_size"]}', f'data.fps={t["fps"]}', f'optim.lr={t["lr"]}',
+                                      f'model.proj_dim={t["proj_dim"]}', f'model.video_args={{width: {t["width"]}}}',
+                                      f'model.audio_args={{width: {t["width"]}}}', 'eval_tasks=[action]',
+                                      'log_every=1000', f'method_args={args}'], train_set=clips)
+    return trainer.cfg, trainer.method, trainer.model
 
 def probe_toy(cfg, method, model, train: dict, test: dict) -> dict:
     "Linear-probe accuracy and retrieval R@1 (test queries, training gallery) of the action label, in percent."
-    from avlearn.engine.data import TensorDictDataset
-    from avlearn.engine.evaluation import evaluate_model
-    r = evaluate_model(cfg, method, model, TensorDictDataset(train), TensorDictDataset(test), tasks=['action'])
+    r = evaluate_in_process(cfg, method, model, train, test, tasks=['action'])
     return dict(acc=100 * r['action/probe_acc'], R1=100 * r['action/R@1'])
 
 @lru_cache(maxsize=8)
