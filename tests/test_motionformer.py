@@ -70,7 +70,7 @@ def test_claims_are_registered_with_their_settings():
 
 def test_table4_overrides_build_the_experiment():
     cfg = load_config(None, mf.table4_overrides('trajectory', 2, 'full'))
-    assert (cfg.method, cfg.seed, cfg.epochs, cfg.data.n_train, cfg.data.kind) == ('motionformer', 2, 20, 512, 'toy')
+    assert (cfg.method, cfg.seed, cfg.epochs, cfg.data.n_train, cfg.data.kind) == ('motionformer', 2, 16, 1024, 'toy')
     with torch.device('meta'):
         model = METHODS['motionformer'](cfg).build_model()
     assert (model.T, model.S, model.head.out_features, model.blocks[0].attn.mode) == (4, 16, 4, 'trajectory')
@@ -107,7 +107,7 @@ def test_approximation_error_and_displacement():
     world = dict(mf.TABLE4['world'], actions=['grow'])
     still = ToyWorld(ToyWorldConfig(**dict(world, camera_drift=0.0)), n=3, seed=1)
     moving = ToyWorld(ToyWorldConfig(**world), n=3, seed=1)
-    assert max(mf.object_displacement(still, i) for i in range(3)) < 0.05
+    assert max(mf.object_displacement(still, i) for i in range(3)) < 0.15
     assert min(mf.object_displacement(moving, i) for i in range(3)) > 1.0
 
 
