@@ -13,12 +13,10 @@ import torch.nn.functional as F
 from ..core import check_tensor, check_range, seed_everything
 
 # %% auto #0
-__all__ = ['MODES', 'TABLE1_ROWS', 'PAPER_TABLE_A1', 'TIME_ACTIONS', 'Factor', 'GDTSpec', 'hierarchical_sample',
-           'contrast_matrix', 'weight_matrix', 'batch_properties', 'factor_batch_size', 'gdt_nce',
-           'plot_contrast_weight', 'video_spec_from_modes', 'theorem1_variances', 'simulate_theorem1', 'av_spec',
-           'gdt_views', 'gdt_rows', 'gdt_embed', 'table1_spec', 'tiny_gdt_model', 'pretrain_gdt', 'clip_features',
-           'probe_and_retrieve', 'toy_time_world', 'run_table1', 'table1_report', 'gathered_gdt_nce', 'GDTArgs',
-           'GDTMethod']
+__all__ = ['MODES', 'TABLE1_ROWS', 'PAPER_TABLE_A1', 'Factor', 'GDTSpec', 'hierarchical_sample', 'contrast_matrix',
+           'weight_matrix', 'batch_properties', 'factor_batch_size', 'gdt_nce', 'plot_contrast_weight',
+           'video_spec_from_modes', 'theorem1_variances', 'simulate_theorem1', 'theorem1_ratio', 'av_spec', 'gdt_views',
+           'gdt_rows', 'gdt_embed', 'table1_spec', 'gathered_gdt_nce', 'GDTArgs', 'GDTMethod']
 
 # %% ../../nbs/papers/21_gdt.ipynb #912528f8
 MODES = ('d', 'i', '.')
@@ -255,6 +253,27 @@ def simulate_theorem1(L: torch.Tensor, sigma: torch.Tensor, K_I: int, n_batches:
     direct = (L[jj[..., 0], jj[..., 1]] + sigma[jj[..., 0], jj[..., 1]] * torch.randn(n_batches, P, generator=generator)).mean(1)
     return dict(gdt_mean=gdt.mean().item(), gdt_var=gdt.var().item(), direct_mean=direct.mean().item(), direct_var=direct.var().item())
 
+# %% ../../nbs/papers/21_gdt.ipynb #d1591893
+from ..engine.method import Claim, register_claim
+
+def theorem1_ratio(seed: int, budget: str = 'full', K_V: int = 4, K_I: int = 2) -> dict:
+    """Theorem 1 on random stratum means and noise: log(direct variance / GDT variance) measured over many batches,
+    beside the theorem's prediction."""
+    g = torch.Generator().manual_seed(seed)
+    L = torch.rand(K_V, K_V, generator=g) * 2
+    sigma = torch.rand(K_V, K_V, generator=g) * 0.5 + 0.1
+    sim = simulate_theorem1(L, sigma, K_I, n_batches=400 if budget == 'fast' else 4000, generator=g)
+    th = theorem1_variances(L, sigma ** 2, K_I)
+    ratio = sim['direct_var'] / sim['gdt_var']
+    return dict(value=math.log(ratio), ratio=ratio, predicted_ratio=th['direct'] / th['gdt'],
+                gdt_mean=sim['gdt_mean'], direct_mean=sim['direct_mean'], true_mean=th['mean'])
+
+register_claim(Claim('gdt', 'theorem1_lower_variance',
+                     "GDT's hierarchical batches estimate the loss with lower variance than independent pairs (Thm. 1)",
+                     None, 'log(direct variance / GDT variance)', theorem1_ratio,
+                     dict(K_V=4, K_I=2, n_batches=dict(fast=400, full=4000), means='U(0, 2)', sd='U(0.1, 0.6)')))
+
+
 # %% ../../nbs/papers/21_gdt.ipynb #27e68a19
 from ..transforms import time_window, reverse_time, horizontal_flip, color_jitter, volume_jitter, spec_augment
 
@@ -369,121 +388,6 @@ def table1_spec(row: str, k_videos: int, n_videos: int, n_shifts: int) -> tuple:
     r = TABLE1_ROWS[row]
     spec = av_spec(k_videos, r['time_shift'], r['time_reversal'], r['modality'], n_videos, n_shifts, r['k_aug']).check()
     return spec, 'cross_modal' if r['modality'] == 'av' else 'simclr'
-
-# %% ../../nbs/papers/21_gdt.ipynb #16dda5c3
-def tiny_gdt_model(width: int = 8, proj_dim: int = 32, sample_rate: int = 16000, n_mels: int = 40, hop_length_ms: float = 20.) -> torch.nn.ModuleDict:
-    "Tiny video and audio encoders with L2-normalised projection heads and the log-mel front end, for CPU demos."
-    from avlearn.models import TinyR2Plus1D, TinyAudioNet, ProjectionHead
-    from avlearn.transforms import LogMelSpectrogram
-    video, audio = TinyR2Plus1D(out_dim=None, width=width), TinyAudioNet(out_dim=None, width=width)
-    return torch.nn.ModuleDict(dict(video=video, audio=audio, logmel=LogMelSpectrogram(sample_rate, n_mels, hop_length_ms=hop_length_ms),
-                                    video_head=ProjectionHead(video.feature_dim, proj_dim),
-                                    audio_head=ProjectionHead(audio.feature_dim, proj_dim)))
-
-def pretrain_gdt(model: torch.nn.ModuleDict, video: torch.Tensor, audio: torch.Tensor, spec: GDTSpec, weight: str, steps: int,
-                 window: int, fps: float, sample_rate: int, lr: float = 2e-3, temperature: float = 0.1, seed: int = 0,
-                 progress: bool = False) -> list:
-    "Pretrain `model` with eq. 1 on hierarchical batches of `spec` drawn from the clips `video`/`audio`; returns the losses."
-    from avlearn.engine.trainer import train_steps
-    if spec['i'].space != video.shape[0]:
-        raise ValueError(f"spec samples videos from {spec['i'].space} clips but {video.shape[0]} were given")
-    g = torch.Generator().manual_seed(seed)
-    def batches():
-        while True:
-            lab = hierarchical_sample(spec, g)
-            yield gdt_views(video, audio, lab, spec, window, fps, sample_rate, model['logmel'], generator=g)
-    def loss_fn(m, v):
-        z = gdt_embed(lambda x: m['video_head'](m['video'](x)), lambda x: m['audio_head'](m['audio'](x)), v)
-        return gdt_nce(z, contrast_matrix(v['labels'], spec), weight_matrix(v['labels'], spec, weight), temperature)
-    return train_steps(model, loss_fn, batches(), steps, lr=lr, progress=progress)
-
-@torch.no_grad()
-def clip_features(encoder: torch.nn.Module, video: torch.Tensor, window: int, n_windows: int) -> torch.Tensor:
-    "Frozen features of whole clips: the encoder's output averaged over `n_windows` evenly spaced `window`-frame windows."
-    from avlearn.engine.trainer import extract_features
-    T = video.shape[2]
-    starts = torch.linspace(0, T - window, n_windows).round().long().tolist()
-    encoder.eval()
-    return torch.stack([extract_features(encoder, video[:, :, s:s + window].contiguous()) for s in starts]).mean(0)
-
-def probe_and_retrieve(train_x, train_y, test_x, test_y) -> dict:
-    "Linear-probe accuracy and retrieval R@1 (test queries against the training gallery), in percent."
-    from avlearn.evaluation import linear_probe, retrieval_recall_at_k
-    return dict(acc=100 * linear_probe(train_x, train_y, test_x, test_y)['accuracy'],
-                R1=100 * retrieval_recall_at_k(test_x, test_y, train_x, train_y, ks=(1,))['R@1'])
-
-# %% ../../nbs/papers/21_gdt.ipynb #ba5e2cf9
-TIME_ACTIONS = ('grow', 'shrink', 'approach', 'recede')
-
-def toy_time_world(n_train: int, n_test: int, seed: int = 0, time_only: bool = False) -> tuple:
-    """Rendered (train, test) batches of 32-frame, 32-pixel toy clips whose action is grow, shrink, approach or recede;
-    `time_only`: one shape, one colour, one scene, so appearance and timbre no longer tell clips apart (only motion does)."""
-    from avlearn.data import ToyWorld, ToyWorldConfig
-    fixed = dict(shapes=('circle',), colours=('red',), scenes=('meadow',)) if time_only else {}
-    w = ToyWorld(ToyWorldConfig(n_frames=32, size=32, actions=TIME_ACTIONS, **fixed), n=n_train + n_test, seed=seed)
-    return w.batch(range(n_train)), w.batch(range(n_train, n_train + n_test))
-
-def run_table1(rows: Sequence[str], train: dict, test: dict, steps: int, seeds: Sequence[int] = (0,), k_videos: int = 8,
-               window: int = 16, n_shifts: int = 3, fps: float = 16., sample_rate: int = 16000, log: Callable | None = None):
-    "Pretrain one tiny model per (seed, Table 1 row) and evaluate it (plus random init per seed): a DataFrame of acc / R@1."
-    import pandas as pd
-    def evaluate(model):
-        return probe_and_retrieve(clip_features(model['video'], train['video'], window, n_shifts), train['action'],
-                                  clip_features(model['video'], test['video'], window, n_shifts), test['action'])
-    out = []
-    for seed in seeds:
-        seed_everything(seed)
-        out.append(dict(row='random init', seed=seed, **evaluate(tiny_gdt_model()), loss_first=np.nan, loss_last=np.nan))
-        for row in rows:
-            seed_everything(seed)
-            model = tiny_gdt_model()          # the same initial weights for every row of a seed
-            spec, weight = table1_spec(row, k_videos, len(train['video']), n_shifts)
-            losses = pretrain_gdt(model, train['video'], train['audio'], spec, weight, steps, window, fps, sample_rate, seed=seed)
-            out.append(dict(row=row, seed=seed, **evaluate(model), loss_first=float(np.mean(losses[:5])), loss_last=float(np.mean(losses[-5:]))))
-            if log: log(out[-1])
-    return pd.DataFrame(out)
-
-def _spearman(a, b) -> float:
-    "scipy's Spearman rank correlation, nan (without a warning) when either sequence is constant."
-    from scipy.stats import spearmanr
-    a, b = np.asarray(a, float), np.asarray(b, float)
-    return float('nan') if np.ptp(a) == 0 or np.ptp(b) == 0 else float(spearmanr(a, b).statistic)
-
-def table1_report(res, n_test: int) -> tuple:
-    """Our Table A.1 and Table 1 rows (`run_table1`'s DataFrame, averaged over seeds) beside the paper's numbers, and a
-    verdict computed from them: `(text, verdict)`. Noise floor: two binomial standard errors of a difference of two
-    accuracies on `n_test` test clips (test-set sampling only; seed-to-seed variation comes on top)."""
-    m = res.groupby('row')[['acc', 'R1', 'loss_first', 'loss_last']].mean()
-    missing = [r for r in ('random init', 'd', 'e') if r not in m.index]
-    if missing: raise ValueError(f"res must hold the rows 'random init', 'd' and 'e' (Table A.1), missing {missing}")
-    rows = [r for r in TABLE1_ROWS if r in m.index]
-    p = float(np.clip(m.loc[rows, 'acc'].mean() / 100, 0.05, 0.95))
-    noise = 100 * 2 * math.sqrt(2 * p * (1 - p) / n_test)
-    def sign(x): return 'reproduced' if x > noise else ('reversed' if x < -noise else 'not separated')
-    d_acc, d_r1 = (m.loc['e', k] - m.loc['d', k] for k in ('acc', 'R1'))
-    spread = float(m.loc[rows, 'acc'].max() - m.loc[rows, 'acc'].min())
-    above = [r for r in rows if m.loc[r, 'acc'] - m.loc['random init', 'acc'] > noise]
-    v = dict(noise=noise, a1_acc=float(d_acc), a1_R1=float(d_r1), a1=sign(d_acc) if sign(d_acc) == sign(d_r1) else 'mixed',
-             spread=spread, separated=spread > noise, above_random=above,
-             rho_acc=_spearman([m.loc[r, 'acc'] for r in rows], [TABLE1_ROWS[r]['paper'][0] for r in rows]),
-             rho_R1=_spearman([m.loc[r, 'R1'] for r in rows], [TABLE1_ROWS[r]['paper'][1] for r in rows]))
-    L = ['Table A.1           probe acc   R@1   | paper HMDB-51 Acc  R@1']
-    for name, row in (('within-modal', 'd'), ('cross-modal', 'e')):
-        L.append(f"{name:13s} ({row})   {m.loc[row, 'acc']:8.1f} {m.loc[row, 'R1']:6.1f}   | {PAPER_TABLE_A1[name][0]:14.1f} {PAPER_TABLE_A1[name][1]:5.1f}")
-    L += [f"random init       {m.loc['random init', 'acc']:8.1f} {m.loc['random init', 'R1']:6.1f}", '',
-          'Table 1  DS TR TS Mod   probe acc   R@1   loss first->last | paper Acc  R@1']
-    for row in rows:
-        c, r = TABLE1_ROWS[row], m.loc[row]
-        L.append(f"({row})      d  {c['time_reversal']}  {c['time_shift']}  {c['modality'].upper():3s} {r.acc:9.1f} {r.R1:6.1f}   "
-                 f"{r.loss_first:5.2f} -> {r.loss_last:4.2f} | {c['paper'][0]:9.1f} {c['paper'][1]:4.1f}")
-    L.append(f"random init{'':15s}{m.loc['random init', 'acc']:9.1f} {m.loc['random init', 'R1']:6.1f}")
-    L.append(f"\nverdict (noise floor {noise:.1f} points, {n_test} test clips): Table A.1 {v['a1']} "
-             f"(cross - within: {d_acc:+.1f} acc, {d_r1:+.1f} R@1; paper {PAPER_TABLE_A1['cross-modal'][0] - PAPER_TABLE_A1['within-modal'][0]:+.1f}, "
-             f"{PAPER_TABLE_A1['cross-modal'][1] - PAPER_TABLE_A1['within-modal'][1]:+.1f}); Table 1 rows "
-             f"{'separated' if v['separated'] else 'not separated'} (acc spread {spread:.1f}), rank correlation with the paper "
-             f"{v['rho_acc']:+.2f} (acc) / {v['rho_R1']:+.2f} (R@1){'' if v['separated'] else ' (rows within noise: a correlation of noise)'}; "
-             f"above random init beyond noise: {', '.join(above) or 'none'}")
-    return '\n'.join(L), v
 
 # %% ../../nbs/papers/21_gdt.ipynb #2b55327b
 from ..engine.method import Method, MethodArgs, register_method, build_av_model
