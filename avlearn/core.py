@@ -14,7 +14,8 @@ __all__ = ['seed_everything', 'default_device', 'has_cuda', 'check_tensor', 'che
 
 # %% ../nbs/00_core.ipynb #3058d6c0
 def seed_everything(seed: int = 0, deterministic: bool = False) -> torch.Generator:
-    "Seed `random`, NumPy and torch (all devices); optionally force deterministic kernels. Returns a seeded torch Generator."
+    """Seed `random`, NumPy and torch (all devices); optionally force deterministic kernels. Returns a seeded torch
+    Generator."""
     if not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed must be a non-negative int, got {seed!r}")
     random.seed(seed); np.random.seed(seed % 2**32); torch.manual_seed(seed)
@@ -41,13 +42,16 @@ def _fmt_shape(shape): return '(' + ', '.join('*' if s is None else str(s) for s
 
 def check_tensor(x, name: str, ndim: int | Sequence[int] | None = None, shape: Sequence[int | None] | None = None,
                  dtype: str | None = None, finite: bool = True) -> torch.Tensor:
-    "Raise a clear `TypeError`/`ValueError` naming `name` unless `x` is a tensor of the expected rank, shape, dtype kind and finite."
+    """Raise a clear `TypeError`/`ValueError` naming `name` unless `x` is a tensor of the expected rank, shape, dtype
+    kind and finite."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if ndim is not None:
         allowed = (ndim,) if isinstance(ndim, int) else tuple(ndim)
         if x.ndim not in allowed:
-            raise ValueError(f"{name} must have {' or '.join(map(str, allowed))} dimensions, got shape {tuple(x.shape)}")
+            raise ValueError(
+                f"{name} must have {' or '.join(map(str, allowed))} dimensions, got shape {tuple(x.shape)}"
+            )
     if shape is not None:
         if x.ndim != len(shape) or any(s is not None and s != xs for s, xs in zip(shape, x.shape)):
             raise ValueError(f"{name} must have shape {_fmt_shape(shape)}, got {tuple(x.shape)}")
@@ -57,12 +61,14 @@ def check_tensor(x, name: str, ndim: int | Sequence[int] | None = None, shape: S
         raise TypeError(f"{name} must be an integer tensor, got {x.dtype}")
     if finite and x.is_floating_point() and x.numel():
         lo, hi = torch.aminmax(x.detach())   # NaN propagates into min/max: one read of x, no N-sized bool tensor
-        if not bool(torch.isfinite(lo) & torch.isfinite(hi)): raise ValueError(f"{name} contains NaN or infinite values")
+        if not bool(torch.isfinite(lo) & torch.isfinite(hi)):
+            raise ValueError(f"{name} contains NaN or infinite values")
     return x
 
 # %% ../nbs/00_core.ipynb #aec403d3
 def check_range(value, name: str, lo=None, hi=None, lo_open: bool = False, hi_open: bool = False):
-    "Raise a `ValueError` naming `name` unless `lo <= value <= hi` (strict where `*_open`); a `TypeError` unless `value` is a real number."
+    """Raise a `ValueError` naming `name` unless `lo <= value <= hi` (strict where `*_open`); a `TypeError` unless
+    `value` is a real number."""
     if isinstance(value, torch.Tensor) and value.numel() == 1: value = value.item()
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
@@ -70,11 +76,14 @@ def check_range(value, name: str, lo=None, hi=None, lo_open: bool = False, hi_op
            (hi is not None and (value >= hi if hi_open else value > hi)))
     if bad or value != value:   # NaN compares False with everything: reject it explicitly
         l = '(' if lo_open else '['; r = ')' if hi_open else ']'
-        raise ValueError(f"{name} must be in {l}{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}{r}, got {value!r}")
+        raise ValueError(
+            f"{name} must be in {l}{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}{r}, got {value!r}"
+        )
     return value
 
 # %% ../nbs/00_core.ipynb #eb8679b1
 def to_numpy(x) -> np.ndarray:
     "A NumPy copy of a tensor (any device, any dtype) or array-like."
-    if isinstance(x, torch.Tensor): return x.detach().float().cpu().numpy() if x.dtype == torch.bfloat16 else x.detach().cpu().numpy()
+    if isinstance(x, torch.Tensor):
+        return x.detach().float().cpu().numpy() if x.dtype == torch.bfloat16 else x.detach().cpu().numpy()
     return np.asarray(x)

@@ -22,7 +22,9 @@ def _check_embeddings(x, name, dim=None, rows=None, ndim=2):
     check_tensor(x, name, ndim=ndim, dtype='float')
     if x.shape[0] == 0: raise ValueError(f"{name} must have at least one row, got shape {tuple(x.shape)}")
     if dim is not None and x.shape[-1] != dim:
-        raise ValueError(f"{name} must have embedding size {dim} (last dim, like the query), got shape {tuple(x.shape)}")
+        raise ValueError(
+            f"{name} must have embedding size {dim} (last dim, like the query), got shape {tuple(x.shape)}"
+        )
     if rows is not None and x.shape[0] != rows:
         raise ValueError(f"{name} must have {rows} rows (one per query row), got shape {tuple(x.shape)}")
     return x
@@ -100,7 +102,8 @@ class MemoryBank(nn.Module):
     def __init__(self, n: int, dim: int, modalities=('video', 'audio'), momentum: float = 0.5, seed: int = 0,
                  dtype=torch.float32, device=None):
         super().__init__()
-        if not isinstance(n, int) or n < 2: raise ValueError(f"n must be an int >= 2 (samples in the dataset), got {n!r}")
+        if not isinstance(n, int) or n < 2:
+            raise ValueError(f"n must be an int >= 2 (samples in the dataset), got {n!r}")
         if not isinstance(dim, int) or dim < 1: raise ValueError(f"dim must be a positive int, got {dim!r}")
         if not modalities: raise ValueError("modalities must name at least one modality")
         check_range(momentum, 'momentum', 0, 1, hi_open=True)
@@ -108,16 +111,22 @@ class MemoryBank(nn.Module):
         self.n, self.dim, self.momentum, self.modalities = n, dim, float(momentum), tuple(modalities)
         g = torch.Generator().manual_seed(seed)
         for m in self.modalities:
-            self.register_buffer(f'bank_{m}', F.normalize(torch.randn(n, dim, generator=g, dtype=dtype), dim=1).to(device))
+            self.register_buffer(
+                f'bank_{m}', F.normalize(torch.randn(n, dim, generator=g, dtype=dtype), dim=1).to(device)
+            )
 
     def bank(self, modality: str) -> torch.Tensor:
-        if modality not in self.modalities: raise ValueError(f"modality must be one of {self.modalities}, got {modality!r}")
+        if modality not in self.modalities:
+            raise ValueError(f"modality must be one of {self.modalities}, got {modality!r}")
         return getattr(self, f'bank_{modality}')
 
     def _check_index(self, index, name='index', unique=False):
         check_tensor(index, name, dtype='int')
         if index.numel() and (index.min() < 0 or index.max() >= self.n):
-            raise ValueError(f"{name} must hold sample indices in [0, {self.n}), got values in [{int(index.min())}, {int(index.max())}]")
+            raise ValueError(
+                f"{name} must hold sample indices in [0, {self.n}), got values in [{int(index.min())},"
+                f" {int(index.max())}]"
+            )
         if unique and index.unique().numel() != index.numel():
             raise ValueError(f"{name} must not repeat a sample within one update")
         return index.to(self.bank(self.modalities[0]).device)
@@ -137,18 +146,25 @@ class MemoryBank(nn.Module):
         new = F.normalize(self.momentum * old + (1 - self.momentum) * features.detach().to(bank), dim=1)
         bank.index_copy_(0, index, new)
 
-    def sample_negatives(self, index: torch.Tensor, n_negatives: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    def sample_negatives(
+        self, index: torch.Tensor, n_negatives: int, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         "(B, n_negatives) indices drawn uniformly (with replacement) from the other n-1 samples, never row i itself."
-        index = self._check_index(index); check_tensor(index, 'index', ndim=1)
+        index = self._check_index(index)
+        check_tensor(index, 'index', ndim=1)
         if not isinstance(n_negatives, int) or n_negatives < 1:
             raise ValueError(f"n_negatives must be a positive int, got {n_negatives!r}")
         draw = torch.randint(0, self.n - 1, (index.shape[0], n_negatives), generator=generator).to(index.device)
         return draw + (draw >= index[:, None]).long()  # skip over i: uniform over the others
 
     @torch.no_grad()
-    def cma_positives(self, index: torch.Tensor, k: int, modalities=('video', 'audio'), chunk_size: int = 65536) -> torch.Tensor:
-        "(B, k) indices j != i with the highest agreement min over `modalities` of bank cosine similarity (chunked scan)."
-        index = self._check_index(index); check_tensor(index, 'index', ndim=1)
+    def cma_positives(
+        self, index: torch.Tensor, k: int, modalities=('video', 'audio'), chunk_size: int = 65536
+    ) -> torch.Tensor:
+        """(B, k) indices j != i with the highest agreement min over `modalities` of bank cosine similarity (chunked
+        scan)."""
+        index = self._check_index(index)
+        check_tensor(index, 'index', ndim=1)
         if not isinstance(k, int) or not 1 <= k <= self.n - 1:
             raise ValueError(f"k must be an int in [1, {self.n - 1}], got {k!r}")
         queries = [self.get(m, index) for m in modalities]
@@ -159,7 +175,8 @@ class MemoryBank(nn.Module):
             agree = torch.stack([q @ self.bank(m)[start:stop].t() for q, m in zip(queries, modalities)]).amin(0)
             cols = torch.arange(start, stop, device=index.device)
             agree = agree.masked_fill(cols[None, :] == index[:, None], float('-inf'))
-            vals = torch.cat([best_v, agree.to(best_v.dtype)], 1); idx = torch.cat([best_i, cols.expand(index.shape[0], -1)], 1)
+            vals = torch.cat([best_v, agree.to(best_v.dtype)], 1)
+            idx = torch.cat([best_i, cols.expand(index.shape[0], -1)], 1)
             top = vals.topk(min(k, vals.shape[1]), dim=1)
             best_v, best_i = top.values, idx.gather(1, top.indices)
         return best_i
@@ -182,18 +199,34 @@ def memory_nce(query: torch.Tensor, positive: torch.Tensor, negatives: torch.Ten
         denom = torch.logaddexp(lpos, torch.logsumexp(lneg, 1, keepdim=True))
         return (denom - lpos).mean()
     if kind != 'nce': raise ValueError(f"kind must be 'softmax' or 'nce', got {kind!r}")
-    if not isinstance(n_data, int) or n_data < 2: raise ValueError(f"n_data must be the dataset size (an int >= 2) for kind='nce', got {n_data!r}")
-    log_z = (math.log(n_data) + torch.logsumexp(lneg.detach().flatten(), 0) - math.log(lneg.numel())) if z is None else math.log(check_range(z, 'z', 0, lo_open=True))
+    if not isinstance(n_data, int) or n_data < 2:
+        raise ValueError(f"n_data must be the dataset size (an int >= 2) for kind='nce', got {n_data!r}")
+    log_z = (
+        (math.log(n_data) + torch.logsumexp(lneg.detach().flatten(), 0) - math.log(lneg.numel()))
+        if z is None
+        else math.log(check_range(z, 'z', 0, lo_open=True))
+    )
     log_kpn = math.log(negatives.shape[1] / n_data)                       # log(K * P_noise)
     log_p_pos, log_p_neg = lpos - log_z, lneg - log_z
     loss_pos = torch.logaddexp(log_p_pos, torch.full_like(log_p_pos, log_kpn)) - log_p_pos          # -log h(pos)
     loss_neg = torch.logaddexp(log_p_neg, torch.full_like(log_p_neg, log_kpn)) - log_kpn            # -log(1 - h(neg))
     return (loss_pos.mean(1) + loss_neg.sum(1)).mean()
 
-def avid_cma_loss(video: torch.Tensor, audio: torch.Tensor, index: torch.Tensor, bank: MemoryBank,
-                  n_negatives: int = 1024, temperature: float = 0.07, cma_k: int = 0, cma_weight: float = 1.0,
-                  generator: torch.Generator | None = None, kind: str = 'softmax', negatives: torch.Tensor | None = None,
-                  z: float | None = None, z_cma: float | None = None) -> torch.Tensor:
+def avid_cma_loss(
+    video: torch.Tensor,
+    audio: torch.Tensor,
+    index: torch.Tensor,
+    bank: MemoryBank,
+    n_negatives: int = 1024,
+    temperature: float = 0.07,
+    cma_k: int = 0,
+    cma_weight: float = 1.0,
+    generator: torch.Generator | None = None,
+    kind: str = 'softmax',
+    negatives: torch.Tensor | None = None,
+    z: float | None = None,
+    z_cma: float | None = None,
+) -> torch.Tensor:
     """AVID (eq. 1, cross-modal memory NCE) plus, if `cma_k` > 0, `cma_weight` x the CMA term (eq. 2, within-modal NCE
     to the top-`cma_k` agreement positives, averaged over them). `kind` picks `memory_nce`'s form. `negatives`: bank
     indices (B, K) drawn by the caller (e.g. for a batch spread over processes), else `n_negatives` are drawn here with
@@ -206,35 +239,53 @@ def avid_cma_loss(video: torch.Tensor, audio: torch.Tensor, index: torch.Tensor,
     store = bank.bank(bank.modalities[0])
     for x, name in ((video, 'video'), (audio, 'audio')):
         if x.dtype != store.dtype or x.device != store.device:
-            raise TypeError(f"{name} is {x.dtype} on {x.device} but the bank holds {store.dtype} on {store.device}: "
-                            f"convert {name} (e.g. {name}.to(bank.bank_{bank.modalities[0]})) or build MemoryBank(dtype=...)")
+            raise TypeError(
+                f"{name} is {x.dtype} on {x.device} but the bank holds {store.dtype} on {store.device}: "
+                f"convert {name} (e.g. {name}.to(bank.bank_{bank.modalities[0]})) or build MemoryBank(dtype=...)"
+            )
     if isinstance(cma_k, bool) or not isinstance(cma_k, int) or not 0 <= cma_k <= bank.n - 1:
-        raise ValueError(f"cma_k must be an int in [0, {bank.n - 1}] (0: no CMA term; at most the other samples of the bank), got {cma_k!r}")
+        raise ValueError(
+            f"cma_k must be an int in [0, {bank.n - 1}] (0: no CMA term; at most the other samples of the bank), got"
+            f" {cma_k!r}"
+        )
     check_range(cma_weight, 'cma_weight', 0, float('inf'), hi_open=True)
-    if negatives is None: neg = bank.sample_negatives(index, n_negatives, generator)
+    if negatives is None:
+        neg = bank.sample_negatives(index, n_negatives, generator)
     else:
-        neg = bank._check_index(negatives, 'negatives'); check_tensor(neg, 'negatives', ndim=2, shape=(video.shape[0], None))
-        if (neg == bank._check_index(index)[:, None]).any(): raise ValueError("negatives must not contain the row's own index")
+        neg = bank._check_index(negatives, 'negatives')
+        check_tensor(neg, 'negatives', ndim=2, shape=(video.shape[0], None))
+        if (neg == bank._check_index(index)[:, None]).any():
+            raise ValueError("negatives must not contain the row's own index")
     nce = lambda q, p, n, z_: memory_nce(q, p, n, temperature, kind=kind, n_data=bank.n, z=z_)
-    loss = nce(video, bank.get('audio', index), bank.get('audio', neg), z) + nce(audio, bank.get('video', index), bank.get('video', neg), z)
+    loss = nce(video, bank.get('audio', index), bank.get('audio', neg), z) + nce(
+        audio, bank.get('video', index), bank.get('video', neg), z
+    )
     if cma_k > 0:
         pos = bank.cma_positives(index, cma_k)
-        loss = loss + cma_weight * (nce(video, bank.get('video', pos), bank.get('video', neg), z_cma) +
-                                    nce(audio, bank.get('audio', pos), bank.get('audio', neg), z_cma))
+        loss = loss + cma_weight * (
+            nce(video, bank.get('video', pos), bank.get('video', neg), z_cma)
+            + nce(audio, bank.get('audio', pos), bank.get('audio', neg), z_cma)
+        )
     return loss
 
 # %% ../nbs/03_losses.ipynb #c3a388bc
-def triplet_ranking_loss(text: torch.Tensor, video: torch.Tensor, margin: float = 0.2, hardest: bool = True) -> torch.Tensor:
-    "Hinge ranking loss both ways for paired rows of `text`, `video` (B,D), cosine similarity, hardest (or summed) negative."
-    _check_embeddings(text, 'text'); _check_embeddings(video, 'video', dim=text.shape[1], rows=text.shape[0])
+def triplet_ranking_loss(
+    text: torch.Tensor, video: torch.Tensor, margin: float = 0.2, hardest: bool = True
+) -> torch.Tensor:
+    """Hinge ranking loss both ways for paired rows of `text`, `video` (B,D), cosine similarity, hardest (or summed)
+    negative."""
+    _check_embeddings(text, 'text')
+    _check_embeddings(video, 'video', dim=text.shape[1], rows=text.shape[0])
     check_range(margin, 'margin', 0)
-    if text.shape[0] < 2: raise ValueError(f"text must have at least 2 rows (a negative is needed), got {text.shape[0]}")
-    s = F.normalize(text, dim=1) @ F.normalize(video, dim=1).t()   # s[i, j] = s(t_i, v_j)
+    if text.shape[0] < 2:
+        raise ValueError(f"text must have at least 2 rows (a negative is needed), got {text.shape[0]}")
+    s = F.normalize(text, dim=1) @ F.normalize(video, dim=1).t()  # s[i, j] = s(t_i, v_j)
     pos = s.diag()
     eye = torch.eye(s.shape[0], dtype=torch.bool, device=s.device)
-    cost_t = (margin - pos[:, None] + s).clamp_min(0).masked_fill(eye, 0)   # text i vs videos j
-    cost_v = (margin - pos[None, :] + s).clamp_min(0).masked_fill(eye, 0)   # video j vs texts i (column-wise)
-    if hardest: return cost_t.amax(1).mean() + cost_v.amax(0).mean()
+    cost_t = (margin - pos[:, None] + s).clamp_min(0).masked_fill(eye, 0)  # text i vs videos j
+    cost_v = (margin - pos[None, :] + s).clamp_min(0).masked_fill(eye, 0)  # video j vs texts i (column-wise)
+    if hardest:
+        return cost_t.amax(1).mean() + cost_v.amax(0).mean()
     return cost_t.sum(1).mean() + cost_v.sum(0).mean()
 
 # %% ../nbs/03_losses.ipynb #ced3ce35
@@ -242,7 +293,8 @@ def margin_contrastive_loss(anchor: torch.Tensor, positive: torch.Tensor, negati
                             margin: float = 1.0) -> torch.Tensor:
     """Mean of d(a_i, p_i)^2 + mean_n [margin - d(a_i, n)]_+^2 for `anchor`, `positive` (B,D); `negatives` (B,K,D),
     or by default the other rows of `positive` (needs B >= 2)."""
-    _check_embeddings(anchor, 'anchor'); _check_embeddings(positive, 'positive', dim=anchor.shape[1], rows=anchor.shape[0])
+    _check_embeddings(anchor, 'anchor')
+    _check_embeddings(positive, 'positive', dim=anchor.shape[1], rows=anchor.shape[0])
     check_range(margin, 'margin', 0)
     pos = (anchor - positive).pow(2).sum(1)
     if negatives is None:
@@ -258,7 +310,9 @@ def margin_contrastive_loss(anchor: torch.Tensor, positive: torch.Tensor, negati
     return (pos + neg).mean()
 
 # %% ../nbs/03_losses.ipynb #43ee4d74
-def triplet_margin_loss(anchor: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor, margin: float = 1.0) -> torch.Tensor:
+def triplet_margin_loss(
+    anchor: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor, margin: float = 1.0
+) -> torch.Tensor:
     "Seed 003 eq. 3: mean of max(|a - p|^2 - |a - n|^2 + margin, 0) over rows of (B,D) tensors."
     _check_embeddings(anchor, 'anchor')
     _check_embeddings(positive, 'positive', dim=anchor.shape[1], rows=anchor.shape[0])
@@ -269,17 +323,21 @@ def triplet_margin_loss(anchor: torch.Tensor, positive: torch.Tensor, negative: 
 def cluster_triplet_loss(logits: torch.Tensor, pseudolabels: torch.Tensor, anchor: torch.Tensor, positive: torch.Tensor,
                          negative: torch.Tensor, alpha: float = 0.5, margin: float = 1.0) -> torch.Tensor:
     "Seed 003 eq. 4: alpha * cross-entropy(logits, pseudolabels) + (1 - alpha) * triplet_margin_loss."
-    check_tensor(logits, 'logits', ndim=2, dtype='float'); check_tensor(pseudolabels, 'pseudolabels', ndim=1, shape=(logits.shape[0],), dtype='int')
+    check_tensor(logits, 'logits', ndim=2, dtype='float')
+    check_tensor(pseudolabels, 'pseudolabels', ndim=1, shape=(logits.shape[0],), dtype='int')
     check_range(alpha, 'alpha', 0, 1)
     if pseudolabels.numel() and (pseudolabels.min() < 0 or pseudolabels.max() >= logits.shape[1]):
         raise ValueError(f"pseudolabels must be in [0, {logits.shape[1]}) (the number of logits columns)")
-    return alpha * F.cross_entropy(logits, pseudolabels) + (1 - alpha) * triplet_margin_loss(anchor, positive, negative, margin)
+    return alpha * F.cross_entropy(logits, pseudolabels) + (1 - alpha) * triplet_margin_loss(
+        anchor, positive, negative, margin
+    )
 
 def cluster_negatives(clusters: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     "For each row i, a uniformly random row j with clusters[j] != clusters[i] (B,) long."
     check_tensor(clusters, 'clusters', ndim=1, dtype='int')
     same_c = clusters[:, None] == clusters[None, :]
-    if same_c.all(1).any(): raise ValueError("clusters must contain at least two distinct clusters (a negative must exist for every row)")
+    if same_c.all(1).any():
+        raise ValueError("clusters must contain at least two distinct clusters (a negative must exist for every row)")
     w = (~same_c).float()
     return torch.multinomial(w, 1, generator=generator).squeeze(1)
 

@@ -70,7 +70,8 @@ MEDIA_CASES = ('missing', 'corrupt', 'no_audio', 'short')
 # %% ../nbs/07_media.ipynb #73675de2
 def _as_numpy(x, name):
     if isinstance(x, torch.Tensor): x = x.detach().cpu().numpy()
-    if not isinstance(x, np.ndarray): raise TypeError(f"{name} must be a numpy array or torch tensor, got {type(x).__name__}")
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"{name} must be a numpy array or torch tensor, got {type(x).__name__}")
     return x
 
 def write_av_file(path, video, audio=None, fps: float = 16., sample_rate: int = 16000, crf: int = 18,
@@ -79,7 +80,8 @@ def write_av_file(path, video, audio=None, fps: float = 16., sample_rate: int = 
     `path`. Unusual files for tests: the first frame's timestamp `start_s`, audio starting `audio_offset_s` after the
     video, and a display `rotation` (degrees counter-clockwise, a multiple of 90) that players apply to the frames."""
     video = _as_numpy(video, 'video')
-    if video.ndim != 4 or video.shape[-1] != 3: raise ValueError(f"video must have shape (T, H, W, 3), got {video.shape}")
+    if video.ndim != 4 or video.shape[-1] != 3:
+        raise ValueError(f"video must have shape (T, H, W, 3), got {video.shape}")
     if video.dtype != np.uint8: raise TypeError(f"video must be uint8 (0-255), got {video.dtype}")
     T, H, W, _ = video.shape
     if T < 1: raise ValueError("video must have at least one frame")
@@ -90,10 +92,12 @@ def write_av_file(path, video, audio=None, fps: float = 16., sample_rate: int = 
     if rotation % 90: raise ValueError(f"rotation must be a multiple of 90 degrees, got {rotation!r}")
     if audio is not None:
         audio = _as_numpy(audio, 'audio')
-        if audio.ndim != 1 or audio.size < 1: raise ValueError(f"audio must have shape (S,) with S >= 1, got {audio.shape}")
+        if audio.ndim != 1 or audio.size < 1:
+            raise ValueError(f"audio must have shape (S,) with S >= 1, got {audio.shape}")
         if not np.issubdtype(audio.dtype, np.floating): raise TypeError(f"audio must be float, got {audio.dtype}")
         if not np.isfinite(audio).all(): raise ValueError("audio contains NaN or infinite values")
-        if np.abs(audio).max() > 1 + 1e-6: raise ValueError(f"audio must be in [-1, 1], got max |x| = {np.abs(audio).max():.3f}")
+        if np.abs(audio).max() > 1 + 1e-6:
+            raise ValueError(f"audio must be in [-1, 1], got max |x| = {np.abs(audio).max():.3f}")
         rates = av.codec.Codec('aac', 'w').audio_rates or ()
         if rates and int(sample_rate) not in rates:
             raise ValueError(f"sample_rate must be one AAC can encode, {sorted(rates)}; got {sample_rate!r}")
@@ -110,14 +114,17 @@ def write_av_file(path, video, audio=None, fps: float = 16., sample_rate: int = 
         if start_s: vs.codec_context.time_base = tb
         ast = c.add_stream('aac', rate=int(sample_rate), layout='mono') if audio is not None else None
         for t in range(T):
-            # converting to yuv420p ourselves keeps the bytes reproducible (PyAV's implicit conversion is not, in PyAV 18)
+            # converting to yuv420p ourselves keeps the bytes reproducible (PyAV's implicit conversion is not, in PyAV
+            # 18)
             f = av.VideoFrame.from_ndarray(np.ascontiguousarray(video[t]), format='rgb24').reformat(format='yuv420p')
             if start_s: f.pts, f.time_base = int(round((start_s + t / rate) / tb)), tb
             else: f.pts = t
             for p in vs.encode(f): c.mux(p)
         for p in vs.encode(): c.mux(p)
         if ast is not None:
-            af = av.AudioFrame.from_ndarray(np.ascontiguousarray(audio[None], dtype=np.float32), format='fltp', layout='mono')
+            af = av.AudioFrame.from_ndarray(
+                np.ascontiguousarray(audio[None], dtype=np.float32), format='fltp', layout='mono'
+            )
             af.sample_rate, af.pts = int(sample_rate), int(round((start_s + audio_offset_s) * sample_rate))
             for p in ast.encode(af): c.mux(p)
             for p in ast.encode(): c.mux(p)
@@ -130,7 +137,8 @@ def open_media(path):
     if not path.exists(): raise MissingMediaError(path, 'no such file')
     if path.is_dir(): raise MissingMediaError(path, 'is a directory, expected a media file')
     try: return av.open(str(path))
-    except av.error.FFmpegError as e: raise CorruptMediaError(path, f'cannot open ({e.__class__.__name__}: {e})') from None
+    except av.error.FFmpegError as e:
+        raise CorruptMediaError(path, f'cannot open ({e.__class__.__name__}: {e})') from None
 
 def stream_span(s, c) -> tuple:
     "(start, end) of stream `s` in seconds on the file's clock: from the stream's start time and duration when known."
@@ -197,7 +205,8 @@ def _resize_dims(size, h, w):
     if isinstance(size, int):
         check_range(size, 'size', 1)
         return (size, max(1, round(w * size / h))) if h <= w else (max(1, round(h * size / w)), size)
-    if len(size) != 2 or min(size) < 1: raise ValueError(f"size must be None, an int (short side) or (height, width), got {size!r}")
+    if len(size) != 2 or min(size) < 1:
+        raise ValueError(f"size must be None, an int (short side) or (height, width), got {size!r}")
     return int(size[0]), int(size[1])
 
 def right_angle(rotation) -> int:
@@ -370,7 +379,8 @@ def _is_int(s: str) -> bool:
     except (TypeError, ValueError): return False
 
 class ManifestDataset(torch.utils.data.Dataset):
-    "Clips of the videos listed in a CSV manifest, decoded with PyAV, with GDT's time-shift / reversal hooks and a bad-media policy."
+    """Clips of the videos listed in a CSV manifest, decoded with PyAV, with GDT's time-shift / reversal hooks and a
+    bad-media policy."""
     def __init__(self, csv_path, clip_duration: float = 1.0, fps: float = 16., sample_rate: int = 16000,
                  clips_per_video: int = 1, mode: str = 'train', transform: Callable | None = None,
                  on_error: str = 'raise', label_columns: Sequence[str] | None = None, size=None, audio: bool = True,
@@ -382,8 +392,13 @@ class ManifestDataset(torch.utils.data.Dataset):
         check_range(sample_rate, 'sample_rate', 1); check_range(clips_per_video, 'clips_per_video', 1)
         if mode not in ('train', 'eval'): raise ValueError(f"mode must be 'train' or 'eval', got {mode!r}")
         if on_error not in POLICIES: raise ValueError(f"on_error must be one of {POLICIES}, got {on_error!r}")
-        if transform is not None and not callable(transform): raise TypeError(f"transform must be callable, got {type(transform).__name__}")
-        if not (time_shift_s is None or time_shift_s == 'random' or (isinstance(time_shift_s, (int, float)) and time_shift_s >= 0)):
+        if transform is not None and not callable(transform):
+            raise TypeError(f"transform must be callable, got {type(transform).__name__}")
+        if not (
+            time_shift_s is None
+            or time_shift_s == 'random'
+            or (isinstance(time_shift_s, (int, float)) and time_shift_s >= 0)
+        ):
             raise ValueError(f"time_shift_s must be None, 'random' or a number of seconds >= 0, got {time_shift_s!r}")
         with open(self.csv_path, newline='', encoding='utf-8') as fh: self.rows = list(csv.DictReader(fh))
         if not self.rows: raise ValueError(f"csv_path: manifest {self.csv_path} has no rows")
@@ -405,7 +420,7 @@ class ManifestDataset(torch.utils.data.Dataset):
         # the epoch and the bad-media counts live in shared memory: DataLoader workers (persistent ones too) see
         # `set_epoch` from the main process, and the main process sees the workers' counts
         self._epoch = multiprocessing.Value('q', 0)
-        self._probed = {}                     # video index -> duration probed from the file (manifest without durations)
+        self._probed = {}  # video index -> duration probed from the file (manifest without durations)
         self._counts = multiprocessing.Array('q', len(MEDIA_CASES) + len(_ACTIONS))
         self._transform_takes_generator = False
         if transform is not None:
@@ -487,7 +502,8 @@ class ManifestDataset(torch.utils.data.Dataset):
         return [t0, t0 + float(shift)]
 
     def load(self, video_index: int, start_s: float):
-        "Read the window at `start_s` of video `video_index` under the bad-media policy: a dict, or `None` when skipped."
+        """Read the window at `start_s` of video `video_index` under the bad-media policy: a dict, or `None` when
+        skipped."""
         path, policy, cases = self.path(video_index), self.on_error, []
         want_audio = self.audio
         for _ in range(3):
@@ -504,7 +520,8 @@ class ManifestDataset(torch.utils.data.Dataset):
                     self._count('skipped'); return None
                 cases.append(e.case)
                 if e.case == 'no_audio': want_audio = False
-        else: raise RuntimeError(f"{path}: could not read the window at {start_s} s")  # unreachable: each case is met once
+        # unreachable: each case is met once
+        else: raise RuntimeError(f"{path}: could not read the window at {start_s} s")
         status = 'ok'
         if self.audio and 'no_audio' in cases:
             clip['audio'] = torch.zeros(self.n_samples); clip['n_valid_samples'] = 0
@@ -541,8 +558,10 @@ class ManifestDataset(torch.utils.data.Dataset):
             if self.audio: item['audio_shift'] = clips[1]['audio']
             if clips[1]['media_status'] != 'ok': item['media_status'] = clips[1]['media_status']
         if self.reverse:
-            for k in [k for k in ('video', 'video_shift') if k in item]: item[k + '_reversed'] = reverse_time(video=item[k])
-            for k in [k for k in ('audio', 'audio_shift') if k in item]: item[k + '_reversed'] = reverse_time(audio=item[k])
+            for k in [k for k in ('video', 'video_shift') if k in item]:
+                item[k + '_reversed'] = reverse_time(video=item[k])
+            for k in [k for k in ('audio', 'audio_shift') if k in item]:
+                item[k + '_reversed'] = reverse_time(audio=item[k])
         item.update({c: int(r[c]) for c in self.label_columns})
         item.update({c: r[c] for c in self.text_columns})
         if self.transform is not None:
@@ -550,9 +569,11 @@ class ManifestDataset(torch.utils.data.Dataset):
         return item
 
     def __repr__(self):
-        return (f"ManifestDataset({self.csv_path.name}: {len(self.rows)} videos x {self.clips_per_video} clips, mode={self.mode}, "
-                f"{self.clip_duration:g} s at {self.fps:g} fps, audio {self.sample_rate} Hz, on_error={self.on_error}, "
-                f"labels={list(self.label_columns)})")
+        return (
+            f"ManifestDataset({self.csv_path.name}: {len(self.rows)} videos x {self.clips_per_video} clips,"
+            f" mode={self.mode}, {self.clip_duration:g} s at {self.fps:g} fps, audio {self.sample_rate} Hz,"
+            f" on_error={self.on_error}, labels={list(self.label_columns)})"
+        )
 
 def collate_skip(items: list) -> dict:
     "Batch dataset items with `default_collate`, dropping `None` (skipped bad media); `{}` when every item was skipped."

@@ -41,9 +41,10 @@ def save_checkpoint(state: dict, out_dir, step: int, keep_last: int = 3) -> Path
         tmp.unlink(missing_ok=True)
         prev = list_checkpoints(out)
         full = isinstance(e, OSError) and e.errno == errno.ENOSPC or 'No space left' in str(e)
-        raise CheckpointError(f"could not write checkpoint {path}{' (the disk is full)' if full else ''}: {e}; "
-                              f"{'the previous checkpoint ' + prev[-1].name + ' is intact' if prev else 'no earlier checkpoint'}"
-                              ) from e
+        raise CheckpointError(
+            f"could not write checkpoint {path}{' (the disk is full)' if full else ''}: {e}; "
+            f"{'the previous checkpoint ' + prev[-1].name + ' is intact' if prev else 'no earlier checkpoint'}"
+        ) from e
     os.replace(tmp, path)
     for old in list_checkpoints(out)[:-keep_last]: old.unlink(missing_ok=True)
     return path
@@ -114,7 +115,8 @@ MAY_CHANGE = ('max_steps', 'epochs', 'log_every', 'tensorboard', 'checkpoint_eve
 def _flat(d: dict, prefix: str = '') -> dict:
     out = {}
     for k, v in d.items():
-        if isinstance(v, dict) and k not in ('method_args', 'world', 'video_args', 'audio_args'): out.update(_flat(v, f'{prefix}{k}.'))
+        if isinstance(v, dict) and k not in ('method_args', 'world', 'video_args', 'audio_args'):
+            out.update(_flat(v, f'{prefix}{k}.'))
         else: out[f'{prefix}{k}'] = v
     return out
 

@@ -27,18 +27,20 @@ def one_line_errors(prog: str, debug: bool = False):
         print(f"{prog}: error: {e}", file=sys.stderr); sys.exit(2)
 
 @call_parse
-def train_cli(config: Param("YAML config (see configs/)", str) = None,
-              out: Param("run folder: checkpoints, metrics.jsonl, loss.png", str) = 'runs/train',
-              set: Param("overrides key.sub=value ...", str, nargs='*') = None,
-              dry_run: Param("build everything and run 2 steps on synthetic tensors of the real shapes", store_true) = False,
-              no_resume: Param("start afresh even if out holds checkpoints", store_true) = False,
-              no_progress: Param("no progress bar", store_true) = False,
-              force_resume: Param("resume even though the config differs from the saved run's", store_true) = False,
-              debug: Param("show the full traceback of an error", store_true) = False):
+def train_cli(
+    config: Param("YAML config (see configs/)", str) = None,
+    out: Param("run folder: checkpoints, metrics.jsonl, loss.png", str) = 'runs/train',
+    set: Param("overrides key.sub=value ...", str, nargs='*') = None,
+    dry_run: Param("build everything and run 2 steps on synthetic tensors of the real shapes", store_true) = False,
+    no_resume: Param("start afresh even if out holds checkpoints", store_true) = False,
+    no_progress: Param("no progress bar", store_true) = False,
+    force_resume: Param("resume even though the config differs from the saved run's", store_true) = False,
+    debug: Param("show the full traceback of an error", store_true) = False,
+):
     "Train any registered method; runs unchanged under torchrun."
     with one_line_errors('avlearn-train', debug):
         train(config, out, set or (), dry_run, not no_resume, not no_progress, force_resume=force_resume)
-    leave_distributed()      # leave together: rank 0 (which hosts the rendezvous store) must not exit first
+    leave_distributed()  # leave together: rank 0 (which hosts the rendezvous store) must not exit first
     sys.exit(0)
 
 @call_parse
@@ -95,16 +97,23 @@ def reproduce(papers=None, seeds: int = 3, budget: str = 'full', out=None, progr
 def write_report(folder) -> Path:
     "`REPORT.md`: one table of every claim in the result files of `folder`."
     folder = Path(folder)
-    rows = ['| paper | claim | in words | paper | ours (mean ± std) | seeds | verdict |', '|---|---|---|---|---|---|---|']
+    rows = [
+        '| paper | claim | in words | paper | ours (mean ± std) | seeds | verdict |',
+        '|---|---|---|---|---|---|---|',
+    ]
     for f in sorted(folder.glob('*.json')):
         res = json.loads(f.read_text())
         for name, r in res['claims'].items():
             pv = '–' if r['paper_value'] is None else f"{r['paper_value']:.3g}"
             rows.append(f"| {res['paper']} | `{name}` | {r['what']} ({r['unit']}) | {pv} | {r['mean']:.3g} ± "
                         f"{r['std']:.2g} | {r['n']} | **{r['verdict']}** |")
-    text = ('# Reproduction report\n\nMade by `avlearn-reproduce` (see `nbs/engine/16_cli.ipynb`). Verdict rule: with n '
-            'seeds, mean m and standard error s = std/sqrt(n), a claim holds when m > 2s and m > 0, contradicts when '
-            'm < -2s, and is not separated otherwise. A positive value is the paper\'s direction.\n\n' + '\n'.join(rows) + '\n')
+    text = (
+        '# Reproduction report\n\nMade by `avlearn-reproduce` (see `nbs/engine/16_cli.ipynb`). Verdict rule: with n '
+        'seeds, mean m and standard error s = std/sqrt(n), a claim holds when m > 2s and m > 0, contradicts when '
+        'm < -2s, and is not separated otherwise. A positive value is the paper\'s direction.\n\n'
+        + '\n'.join(rows)
+        + '\n'
+    )
     (folder / 'REPORT.md').write_text(text)
     return folder / 'REPORT.md'
 

@@ -32,7 +32,8 @@ def run_features(method: Method, model: nn.Module, dataset, batch_size: int = 64
         b = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in b.items()}
         feats.append(method.features(model, b).float().cpu())
         for k, v in b.items():
-            if isinstance(v, torch.Tensor) and v.ndim == 1 and v.dtype == torch.long: labels.setdefault(k, []).append(v.cpu())
+            if isinstance(v, torch.Tensor) and v.ndim == 1 and v.dtype == torch.long:
+                labels.setdefault(k, []).append(v.cpu())
     if not feats: raise ValueError("dataset gave no usable items to extract features from")
     return torch.cat(feats), {k: torch.cat(v) for k, v in labels.items()}
 

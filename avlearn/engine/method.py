@@ -25,7 +25,8 @@ __all__ = ['METHODS', 'CLAIMS', 'MethodArgs', 'parse_method_args', 'RunContext',
 # %% ../../nbs/engine/11_method.ipynb #9a2ec448
 @dataclass(frozen=True)
 class MethodArgs:
-    "Base of a method's settings: subclass with typed fields and defaults; `check` raises ValueError naming a bad value."
+    """Base of a method's settings: subclass with typed fields and defaults; `check` raises ValueError naming a bad
+    value."""
     def check(self): pass
 
 def _type_ok(value, hint) -> bool:
@@ -98,7 +99,8 @@ class Method:
         "Frozen features that evaluation probes (video features by default)."
         return unwrap(model).video_features(batch['video'])
     def on_epoch_start(self, ctx: RunContext):
-        "Called on every process before each epoch's first batch (not when resuming mid-epoch): e.g. re-cluster the data."
+        """Called on every process before each epoch's first batch (not when resuming mid-epoch): e.g. re-cluster the
+        data."""
     def param_groups(self, model: nn.Module) -> list | None:
         "Optimiser parameter groups (dicts with 'params' and optionally 'lr_scale', 'weight_decay'); None: one group."
         return None
@@ -142,7 +144,9 @@ def build_av_model(cfg: TrainConfig) -> AVModel:
     "An `AVModel` from `cfg.model` (encoders by name from `avlearn.models.build_encoder`)."
     m = cfg.model
     video, audio = build_encoder(m.video, **m.video_args), build_encoder(m.audio, **m.audio_args)
-    return AVModel(video, audio, video.out_dim, audio.out_dim, m.proj_dim, cfg.data.sample_rate, m.n_mels, m.hop_length_ms)
+    return AVModel(
+        video, audio, video.out_dim, audio.out_dim, m.proj_dim, cfg.data.sample_rate, m.n_mels, m.hop_length_ms
+    )
 
 @dataclass(frozen=True)
 class CrossModalNCEArgs(MethodArgs):

@@ -35,7 +35,9 @@ def make_optimizer(params, name: str = 'adam', lr: float = 1e-3, weight_decay: f
     check_range(lr, 'lr', 0, lo_open=True)
     params = list(params)
     if params and isinstance(params[0], dict):
-        params = [{**{k: v for k, v in g.items() if k != 'lr_scale'}, 'lr': lr * g.get('lr_scale', 1.0)} for g in params]
+        params = [
+            {**{k: v for k, v in g.items() if k != 'lr_scale'}, 'lr': lr * g.get('lr_scale', 1.0)} for g in params
+        ]
     if name == 'adam': return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
     if name == 'adamw': return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     if name == 'sgd': return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay, momentum=momentum)
@@ -43,7 +45,8 @@ def make_optimizer(params, name: str = 'adam', lr: float = 1e-3, weight_decay: f
 
 def check_finite_loss(loss: torch.Tensor, step: int):
     "Stop with an error when the loss is NaN or infinite, instead of silently corrupting the weights."
-    if not torch.isfinite(loss).all(): raise FloatingPointError(f"loss became {loss.item()} at step {step}; lower the lr?")
+    if not torch.isfinite(loss).all():
+        raise FloatingPointError(f"loss became {loss.item()} at step {step}; lower the lr?")
 
 def train_steps(module: nn.Module, loss_fn: Callable, batches: Iterable, steps: int, lr: float = 1e-3,
                 optimizer: str = 'adam', weight_decay: float = 0.0, progress: bool = True,
@@ -146,7 +149,9 @@ class Trainer:
         self.optimizer = make_optimizer(params, o.name, self.peak_lr, o.weight_decay, o.momentum)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_factor(s, self.total_steps, self.steps_per_epoch, o))
-        self.precision = cfg.precision if cfg.precision != 'auto' else ('bf16' if self.device.type == 'cuda' else 'fp32')
+        self.precision = (
+            cfg.precision if cfg.precision != 'auto' else ('bf16' if self.device.type == 'cuda' else 'fp32')
+        )
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == 'fp16')
         self.step, self.epoch, self.batch_in_epoch, self.stop_requested, self.status = 0, 0, 0, False, 'new'
         self.force_resume = force_resume
@@ -296,7 +301,7 @@ class Trainer:
                             self._write_metrics(log_file, rec)
                             if tb: tb.add_scalar('loss', loss, self.step)
                             if bar: bar.update(1); bar.set_postfix(loss=f'{loss:.3f}', refresh=False)
-                            elif self.step % cfg.log_every == 0:    # no bar (cluster logs): a line every log_every steps
+                            elif self.step % cfg.log_every == 0:  # no bar (cluster logs): a line every log_every steps
                                 self.log(f"step {self.step}/{self.total_steps} epoch {self.epoch} loss {loss:.4f} "
                                          f"lr {rec['lr']:.3g} {rec['clips_per_s']:.1f} clips/s")
                         t_last = time.perf_counter()
@@ -313,7 +318,8 @@ class Trainer:
                     self._log_data_errors()
                     self.save()
             ckpts = list_checkpoints(self.out)
-            if self.step >= self.total_steps and (not ckpts or ckpts[-1].name != f'ckpt_{self.step:09d}.pt'): self.save()
+            if self.step >= self.total_steps and (not ckpts or ckpts[-1].name != f'ckpt_{self.step:09d}.pt'):
+                self.save()
             return status
         finally:
             if bar: bar.close()
@@ -378,7 +384,8 @@ def train(config=None, out=None, overrides: Sequence[str] = (), dry_run: bool = 
     """Build a Trainer from `config` (TrainConfig, YAML path or shipped name) and overrides, and fit it. `out=None`
     trains in a fresh temporary folder (notebook miniatures); so does a dry run, which never touches `out`."""
     if isinstance(config, TrainConfig):
-        if overrides: raise ValueError("overrides go with a config path, not with a TrainConfig (use dataclasses.replace)")
+        if overrides:
+            raise ValueError("overrides go with a config path, not with a TrainConfig (use dataclasses.replace)")
         cfg = config; validate_config(cfg)
     else: cfg = load_config(config, overrides)
     if dry_run:

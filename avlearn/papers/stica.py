@@ -427,11 +427,25 @@ def pretrain_toy(method_args: dict, clips: dict, seed: int, steps: int) -> tuple
     t = TOY
     epochs = math.ceil(steps / (len(clips['video']) // t['batch_size']))
     args = json.dumps({**t['transformer'], 'pooling': 'avg', **method_args})   # JSON is YAML: one override
-    trainer = train_in_process(None, [f'seed={seed}', f'max_steps={steps}', f'epochs={epochs}', 'method=stica',
-                                      f'data.batch_size={t["batch_size"]}', f'data.fps={t["fps"]}', f'optim.lr={t["lr"]}',
-                                      f'model.proj_dim={t["proj_dim"]}', f'model.video_args={{width: {t["width"]}}}',
-                                      f'model.audio_args={{width: {t["width"]}}}', 'eval_tasks=[action]',
-                                      'log_every=1000', f'method_args={args}'], train_set=clips)
+    trainer = train_in_process(
+        None,
+        [
+            f'seed={seed}',
+            f'max_steps={steps}',
+            f'epochs={epochs}',
+            'method=stica',
+            f'data.batch_size={t["batch_size"]}',
+            f'data.fps={t["fps"]}',
+            f'optim.lr={t["lr"]}',
+            f'model.proj_dim={t["proj_dim"]}',
+            f'model.video_args={{width: {t["width"]}}}',
+            f'model.audio_args={{width: {t["width"]}}}',
+            'eval_tasks=[action]',
+            'log_every=1000',
+            f'method_args={args}',
+        ],
+        train_set=clips,
+    )
     return trainer.cfg, trainer.method, trainer.model
 
 def probe_toy(cfg, method, model, train: dict, test: dict) -> dict:
