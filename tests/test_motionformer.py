@@ -14,6 +14,14 @@ from avlearn.models import count_parameters
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    "Tiny models train as fast on one thread, and far faster on a busy machine; the setting is restored afterwards."
+    n = torch.get_num_threads(); torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.mark.parametrize('name,n_classes,approx', [('motionformer_k400', 400, None),
                                                    ('motionformer_ssv2', 174, 'orthoformer')])
 def test_full_scale_configs_build(name, n_classes, approx):
@@ -108,7 +116,7 @@ def test_approximation_error_and_displacement():
     still = ToyWorld(ToyWorldConfig(**dict(world, camera_drift=0.0)), n=3, seed=1)
     moving = ToyWorld(ToyWorldConfig(**world), n=3, seed=1)
     assert max(mf.object_displacement(still, i) for i in range(3)) < 0.15
-    assert min(mf.object_displacement(moving, i) for i in range(3)) > 1.0
+    assert min(mf.object_displacement(moving, i) for i in range(3)) > 0.5     # the shorter way round on a torus
 
 
 def test_cuda_cell_says_it_was_skipped_on_cpu(monkeypatch, capsys):
