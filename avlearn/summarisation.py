@@ -36,12 +36,14 @@ class ToySumMeConfig:
     n_users: int = 15                   # SumMe has 15 to 18 users per video
     user_budget: float = 0.15           # fraction of the frames each user keeps
     user_noise: float = 0.15            # std of a user's noise on each snippet's importance
-    world: dict = field(default_factory=lambda: dict(n_frames=8, size=16, sample_rate=8000))  # a snippet's ToyWorldConfig
+    # a snippet's ToyWorldConfig
+    world: dict = field(default_factory=lambda: dict(n_frames=8, size=16, sample_rate=8000))
 
     def __post_init__(self):
         for name in ('n_videos', 'n_users'):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1: raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {v!r}")
         for name in ('shots', 'shot_snippets'):
             v = tuple(getattr(self, name)); setattr(self, name, v)
             if len(v) != 2 or not all(isinstance(x, int) for x in v) or not 1 <= v[0] <= v[1]:
@@ -59,7 +61,8 @@ def importance_of_shots(contents: list, lengths) -> np.ndarray:
     "Per shot: 1 - (frames of the video with the same content) / (frames of the video), for hashable `contents`."
     lengths = np.asarray(lengths)
     if len(contents) != len(lengths) or len(contents) == 0:
-        raise ValueError(f"contents and lengths must be non-empty and equally long, got {len(contents)} and {len(lengths)}")
+        raise ValueError(f"contents and lengths must be non-empty and equally long, "
+                         f"got {len(contents)} and {len(lengths)}")
     if (lengths < 1).any(): raise ValueError(f"lengths must be >= 1, got {lengths.tolist()}")
     total = {}
     for c, n in zip(contents, lengths): total[c] = total.get(c, 0) + int(n)
@@ -70,7 +73,8 @@ def simulate_users(snippet_importance, n_users: int, budget: float, noise: float
     """(n_users, n_frames) 0/1 user summaries: each user keeps the snippets they rate highest (importance + Gaussian
     noise) until floor(budget x n_frames) frames, at least one snippet."""
     imp = np.asarray(snippet_importance, dtype=float)
-    if imp.ndim != 1 or len(imp) == 0: raise ValueError(f"snippet_importance must be a non-empty 1-d array, got shape {imp.shape}")
+    if imp.ndim != 1 or len(imp) == 0:
+        raise ValueError(f"snippet_importance must be a non-empty 1-d array, got shape {imp.shape}")
     check_range(budget, 'budget', 0, 1, lo_open=True, hi_open=True)
     keep = max(1, int(math.floor(budget * len(imp) * frames_per_snippet)) // frames_per_snippet)
     users = np.zeros((n_users, len(imp)), dtype=np.int64)
@@ -83,7 +87,8 @@ def simulate_users(snippet_importance, n_users: int, budget: float, noise: float
 class ToySumMe:
     "A seeded toy SumMe: `n_videos` planned videos; `video(i)` renders one (see the notebook for the rules)."
     def __init__(self, cfg: ToySumMeConfig | None = None, seed: int = 0):
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0: raise ValueError(f"seed must be an int >= 0, got {seed!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise ValueError(f"seed must be an int >= 0, got {seed!r}")
         self.cfg, self.seed = cfg or ToySumMeConfig(), seed
         self.plans = [self._plan(np.random.default_rng([seed, i, 0x5A11])) for i in range(self.cfg.n_videos)]
         self._cache = {}
@@ -103,7 +108,8 @@ class ToySumMe:
             if e:                                              # 0: eventful action, 1: scene change, 2: both
                 kind = int(rng.integers(3)) if len(s.scenes) > 1 else 0     # a one-scene world: actions only
                 if kind != 1: content['action'] = EVENT_ACTIONS[rng.integers(len(EVENT_ACTIONS))]
-                if kind != 0: content['scene'] = [x for x in s.scenes if x != home['scene']][rng.integers(len(s.scenes) - 1)]
+                if kind != 0:
+                    content['scene'] = [x for x in s.scenes if x != home['scene']][rng.integers(len(s.scenes) - 1)]
             shots.append(content)
         lengths = rng.integers(c.shot_snippets[0], c.shot_snippets[1] + 1, size=n_shots)
         keys = [tuple(sorted(sh.items())) for sh in shots]
@@ -137,13 +143,15 @@ class ToySumMe:
 
     def __repr__(self):
         c = self.cfg
-        return (f"ToySumMe({c.n_videos} videos of {c.shots[0]}-{c.shots[1]} shots x {c.shot_snippets[0]}-{c.shot_snippets[1]} "
-                f"snippets of {c.frames_per_snippet} frames, {c.n_users} users keeping {c.user_budget:.0%}, seed={self.seed})")
+        return (f"ToySumMe({c.n_videos} videos of {c.shots[0]}-{c.shots[1]} shots x "
+                f"{c.shot_snippets[0]}-{c.shot_snippets[1]} snippets of {c.frames_per_snippet} frames, "
+                f"{c.n_users} users keeping {c.user_budget:.0%}, seed={self.seed})")
 
 # %% ../nbs/04a_summarisation.ipynb #3ee7dd3a
 def kernel_change_points(features, max_segments: int | None = None, penalty: float = 0.5) -> np.ndarray:
     """Shots (S, 2) as inclusive [start, end] rows tiling 0..n-1, by kernel temporal segmentation of `features` (n, D)
-    with the cosine kernel on the centred features; the number of segments (<= `max_segments`, default n // 2) minimises the penalised cost."""
+    with the cosine kernel on the centred features; the number of segments (<= `max_segments`, default n // 2)
+    minimises the penalised cost."""
     x = torch.as_tensor(features).detach().double()
     check_tensor(x, 'features', ndim=2)
     n = x.shape[0]
@@ -152,7 +160,7 @@ def kernel_change_points(features, max_segments: int | None = None, penalty: flo
     if isinstance(max_segments, bool) or not isinstance(max_segments, int) or not 1 <= max_segments <= n:
         raise ValueError(f"max_segments must be an int in [1, {n}] (the number of feature rows), got {max_segments!r}")
     check_range(penalty, 'penalty', 0)
-    xn = F.normalize(x - x.mean(0), dim=1)                                    # centred: positive features all look alike
+    xn = F.normalize(x - x.mean(0), dim=1)                  # centred: positive features all look alike
     K = (xn @ xn.T).numpy()
     C = np.zeros((n + 1, n + 1)); C[1:, 1:] = K.cumsum(0).cumsum(1)          # C[a, b] = sum K[:a, :b]
     diag = np.r_[0, np.cumsum(np.diag(K))]
@@ -179,7 +187,9 @@ def kernel_change_points(features, max_segments: int | None = None, penalty: flo
 def _picked(picks, T: int) -> torch.Tensor:
     picks = torch.as_tensor(picks)
     if picks.dtype == torch.bool:
-        if picks.shape != (T,): raise ValueError(f"picks must be a bool mask of shape ({T},) or frame indices, got shape {tuple(picks.shape)}")
+        if picks.shape != (T,):
+            raise ValueError(f"picks must be a bool mask of shape ({T},) or frame indices, "
+                             f"got shape {tuple(picks.shape)}")
         return picks.nonzero().flatten()
     check_tensor(picks, 'picks', ndim=1, dtype='int')
     if picks.numel() and (picks.min() < 0 or picks.max() >= T): raise ValueError(f"picks must index frames in [0, {T})")
@@ -219,7 +229,8 @@ class DSN(nn.Module):
         check_tensor(x, 'x', ndim=3, shape=(None, None, self.in_dim), dtype='float')
         if lengths is None: h, _ = self.lstm(x)
         else:
-            packed = nn.utils.rnn.pack_padded_sequence(x, torch.as_tensor(lengths).cpu(), batch_first=True, enforce_sorted=False)
+            packed = nn.utils.rnn.pack_padded_sequence(x, torch.as_tensor(lengths).cpu(), batch_first=True,
+                                                       enforce_sorted=False)
             h, _ = nn.utils.rnn.pad_packed_sequence(self.lstm(packed)[0], batch_first=True, total_length=x.shape[1])
         return torch.sigmoid(self.fc(h).squeeze(-1))
 
@@ -228,8 +239,10 @@ def _pad(features: list) -> tuple:
     if not features: raise ValueError("features must hold at least one video")
     for k, f in enumerate(features):
         check_tensor(f, f'features[{k}]', ndim=2, dtype='float')
-        if f.shape[0] < 1: raise ValueError(f"features[{k}] has no frames: a video shorter than one snippet cannot be summarised")
-        if f.shape[1] != features[0].shape[1]: raise ValueError(f"features[{k}] has {f.shape[1]} dims, features[0] {features[0].shape[1]}")
+        if f.shape[0] < 1:
+            raise ValueError(f"features[{k}] has no frames: a video shorter than one snippet cannot be summarised")
+        if f.shape[1] != features[0].shape[1]:
+            raise ValueError(f"features[{k}] has {f.shape[1]} dims, features[0] {features[0].shape[1]}")
     lengths = torch.tensor([f.shape[0] for f in features])
     return nn.utils.rnn.pad_sequence([f.float() for f in features], batch_first=True), lengths
 
@@ -262,7 +275,8 @@ def train_summariser(features: list, epochs: int = 60, lr: float = 1e-2, weight_
     """DR-DSN trained by REINFORCE on `features` (a list of (T_i, D) tensors, one per video): `(model, history)`,
     history holding the mean reward per epoch."""
     for name, v in (('epochs', epochs), ('episodes', episodes)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1: raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {v!r}")
     check_range(lr, 'lr', 0, lo_open=True); check_range(beta, 'beta', 0)
     x, lengths = _pad(features)
     x = x.detach()
@@ -299,7 +313,8 @@ def frame_scores(snippet_scores, picks, n_frames: int) -> np.ndarray:
     "Per-frame scores (n_frames,): each frame takes the score of the last pick at or before it (picks start at 0)."
     s, picks = np.asarray(snippet_scores, dtype=float), np.asarray(picks)
     if s.ndim != 1 or s.shape != picks.shape or len(s) == 0:
-        raise ValueError(f"snippet_scores and picks must be 1-d of equal non-zero length, got {s.shape} and {picks.shape}")
+        raise ValueError(f"snippet_scores and picks must be 1-d of equal non-zero length, "
+                         f"got {s.shape} and {picks.shape}")
     if picks[0] != 0 or (np.diff(picks) <= 0).any() or picks[-1] >= n_frames:
         raise ValueError(f"picks must increase from 0 and stay below n_frames={n_frames}, got {picks[:5].tolist()}...")
     return s[np.searchsorted(picks, np.arange(n_frames), side='right') - 1]
@@ -316,7 +331,8 @@ def check_user_summaries(user_summary, n_frames: int) -> np.ndarray:
     if u.ndim != 2 or u.shape[0] == 0 or u.shape[1] != n_frames:
         raise ValueError(f"user_summary must be (users >= 1, n_frames={n_frames}), got shape {u.shape}")
     empty = np.flatnonzero(u.sum(1) == 0)
-    if len(empty): raise ValueError(f"user_summary rows {empty.tolist()} are empty: every user must keep at least one frame")
+    if len(empty):
+        raise ValueError(f"user_summary rows {empty.tolist()} are empty: every user must keep at least one frame")
     return u
 
 def uniform_summary(n_frames: int, budget: float = 0.15) -> np.ndarray:
@@ -328,7 +344,8 @@ def uniform_summary(n_frames: int, budget: float = 0.15) -> np.ndarray:
 
 def five_splits(n_videos: int, n_splits: int = 5, test_fraction: float = 0.2, seed: int = 0) -> list:
     "`n_splits` random (train, test) index splits with `test_fraction` of the videos in test (each split drawn afresh)."
-    if isinstance(n_videos, bool) or not isinstance(n_videos, int) or n_videos < 2: raise ValueError(f"n_videos must be an int >= 2, got {n_videos!r}")
+    if isinstance(n_videos, bool) or not isinstance(n_videos, int) or n_videos < 2:
+        raise ValueError(f"n_videos must be an int >= 2, got {n_videos!r}")
     check_range(test_fraction, 'test_fraction', 0, 1, lo_open=True, hi_open=True)
     n_test = min(n_videos - 1, max(1, int(round(test_fraction * n_videos))))
     rng = np.random.default_rng(seed)
@@ -345,7 +362,8 @@ def baseline_f_scores(videos: list, budget: float = 0.15, n_random: int = 5, see
     out = dict(uniform=[], constant=[], random=[], users_mean=[])
     for v in videos:
         n_snip = len(v['picks'])
-        out['uniform'].append(summary_f_score(uniform_summary(v['n_frames'], budget), check_user_summaries(v['user_summary'], v['n_frames'])))
+        users = check_user_summaries(v['user_summary'], v['n_frames'])
+        out['uniform'].append(summary_f_score(uniform_summary(v['n_frames'], budget), users))
         out['constant'].append(video_f_score(np.full(n_snip, 0.5), v, budget))
         out['random'].append(np.mean([video_f_score(rng.random(n_snip), v, budget) for _ in range(n_random)]))
         mean_user = v['user_summary'].mean(0)[v['picks']]
@@ -355,7 +373,8 @@ def baseline_f_scores(videos: list, budget: float = 0.15, n_random: int = 5, see
 def summe_protocol(features: list, videos: list, splits=None, budget: float = 0.15, **train_kw) -> dict:
     """DR-DSN's SumMe protocol: for each (train, test) split (default `five_splits`), train on the training videos'
     `features` and average the test videos' F; returns the mean over splits and the per-split values."""
-    if len(features) != len(videos): raise ValueError(f"features ({len(features)}) and videos ({len(videos)}) must match")
+    if len(features) != len(videos):
+        raise ValueError(f"features ({len(features)}) and videos ({len(videos)}) must match")
     splits = five_splits(len(videos)) if splits is None else splits
     per_split = []
     for train_idx, test_idx in splits:
@@ -368,7 +387,8 @@ def summe_protocol(features: list, videos: list, splits=None, budget: float = 0.
 def frames_from_picks(change_points, picks, n_frames: int) -> np.ndarray:
     "Shots found on the picked features (S, 2) in pick units -> inclusive frame ranges tiling 0..n_frames-1."
     cp, picks = np.asarray(change_points), np.asarray(picks)
-    if cp.ndim != 2 or cp.shape[1] != 2 or len(cp) == 0: raise ValueError(f"change_points must be (S, 2), got shape {cp.shape}")
+    if cp.ndim != 2 or cp.shape[1] != 2 or len(cp) == 0:
+        raise ValueError(f"change_points must be (S, 2), got shape {cp.shape}")
     starts = picks[cp[:, 0]]
     if starts[0] != 0: raise ValueError("the first pick must be frame 0")
     return np.stack([starts, np.r_[starts[1:] - 1, n_frames - 1]], 1)
@@ -390,7 +410,8 @@ def read_summe_annotation(path, every: int = 15) -> dict:
     empty = summaries.sum(1) == 0
     if empty.all(): raise ValueError(f"{path.name}: every user summary is empty")
     if empty.any(): warnings.warn(f"{path.name}: dropping empty user summaries {np.flatnonzero(empty).tolist()}")
-    if isinstance(every, bool) or not isinstance(every, int) or every < 1: raise ValueError(f"every must be an int >= 1, got {every!r}")
+    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+        raise ValueError(f"every must be an int >= 1, got {every!r}")
     gt = np.asarray(m['gt_score']).squeeze().astype(float) if 'gt_score' in m else summaries.mean(0).astype(float)
     return dict(name=path.stem, fps=float(np.asarray(m['FPS']).squeeze()), n_frames=n, user_summary=summaries[~empty],
                 gt_score=gt, picks=np.arange(0, n, every))
