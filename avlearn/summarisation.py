@@ -61,8 +61,9 @@ def importance_of_shots(contents: list, lengths) -> np.ndarray:
     "Per shot: 1 - (frames of the video with the same content) / (frames of the video), for hashable `contents`."
     lengths = np.asarray(lengths)
     if len(contents) != len(lengths) or len(contents) == 0:
-        raise ValueError(f"contents and lengths must be non-empty and equally long, "
-                         f"got {len(contents)} and {len(lengths)}")
+        raise ValueError(
+            f"contents and lengths must be non-empty and equally long, got {len(contents)} and {len(lengths)}"
+        )
     if (lengths < 1).any(): raise ValueError(f"lengths must be >= 1, got {lengths.tolist()}")
     total = {}
     for c, n in zip(contents, lengths): total[c] = total.get(c, 0) + int(n)
@@ -143,15 +144,18 @@ class ToySumMe:
 
     def __repr__(self):
         c = self.cfg
-        return (f"ToySumMe({c.n_videos} videos of {c.shots[0]}-{c.shots[1]} shots x "
-                f"{c.shot_snippets[0]}-{c.shot_snippets[1]} snippets of {c.frames_per_snippet} frames, "
-                f"{c.n_users} users keeping {c.user_budget:.0%}, seed={self.seed})")
+        return (
+            f"ToySumMe({c.n_videos} videos of {c.shots[0]}-{c.shots[1]} shots x"
+            f" {c.shot_snippets[0]}-{c.shot_snippets[1]} snippets of {c.frames_per_snippet} frames, {c.n_users} users"
+            f" keeping {c.user_budget:.0%}, seed={self.seed})"
+        )
 
 # %% ../nbs/04a_summarisation.ipynb #3ee7dd3a
 def kernel_change_points(features, max_segments: int | None = None, penalty: float = 0.5) -> np.ndarray:
     """Shots (S, 2) as inclusive [start, end] rows tiling 0..n-1, by kernel temporal segmentation of `features` (n, D)
-    with the cosine kernel on the centred features; the number of segments (<= `max_segments`, default n // 2)
-    minimises the penalised cost."""
+    with the cosine kernel on the centred features; the number of segments (<= `max_segments`, default n // 2) minimises
+    the penalised cost.
+    """
     x = torch.as_tensor(features).detach().double()
     check_tensor(x, 'features', ndim=2)
     n = x.shape[0]
@@ -160,7 +164,7 @@ def kernel_change_points(features, max_segments: int | None = None, penalty: flo
     if isinstance(max_segments, bool) or not isinstance(max_segments, int) or not 1 <= max_segments <= n:
         raise ValueError(f"max_segments must be an int in [1, {n}] (the number of feature rows), got {max_segments!r}")
     check_range(penalty, 'penalty', 0)
-    xn = F.normalize(x - x.mean(0), dim=1)                  # centred: positive features all look alike
+    xn = F.normalize(x - x.mean(0), dim=1)  # centred: positive features all look alike
     K = (xn @ xn.T).numpy()
     C = np.zeros((n + 1, n + 1)); C[1:, 1:] = K.cumsum(0).cumsum(1)          # C[a, b] = sum K[:a, :b]
     diag = np.r_[0, np.cumsum(np.diag(K))]
@@ -188,8 +192,9 @@ def _picked(picks, T: int) -> torch.Tensor:
     picks = torch.as_tensor(picks)
     if picks.dtype == torch.bool:
         if picks.shape != (T,):
-            raise ValueError(f"picks must be a bool mask of shape ({T},) or frame indices, "
-                             f"got shape {tuple(picks.shape)}")
+            raise ValueError(
+                f"picks must be a bool mask of shape ({T},) or frame indices, got shape {tuple(picks.shape)}"
+            )
         return picks.nonzero().flatten()
     check_tensor(picks, 'picks', ndim=1, dtype='int')
     if picks.numel() and (picks.min() < 0 or picks.max() >= T): raise ValueError(f"picks must index frames in [0, {T})")
@@ -229,8 +234,9 @@ class DSN(nn.Module):
         check_tensor(x, 'x', ndim=3, shape=(None, None, self.in_dim), dtype='float')
         if lengths is None: h, _ = self.lstm(x)
         else:
-            packed = nn.utils.rnn.pack_padded_sequence(x, torch.as_tensor(lengths).cpu(), batch_first=True,
-                                                       enforce_sorted=False)
+            packed = nn.utils.rnn.pack_padded_sequence(
+                x, torch.as_tensor(lengths).cpu(), batch_first=True, enforce_sorted=False
+            )
             h, _ = nn.utils.rnn.pad_packed_sequence(self.lstm(packed)[0], batch_first=True, total_length=x.shape[1])
         return torch.sigmoid(self.fc(h).squeeze(-1))
 
@@ -313,8 +319,9 @@ def frame_scores(snippet_scores, picks, n_frames: int) -> np.ndarray:
     "Per-frame scores (n_frames,): each frame takes the score of the last pick at or before it (picks start at 0)."
     s, picks = np.asarray(snippet_scores, dtype=float), np.asarray(picks)
     if s.ndim != 1 or s.shape != picks.shape or len(s) == 0:
-        raise ValueError(f"snippet_scores and picks must be 1-d of equal non-zero length, "
-                         f"got {s.shape} and {picks.shape}")
+        raise ValueError(
+            f"snippet_scores and picks must be 1-d of equal non-zero length, got {s.shape} and {picks.shape}"
+        )
     if picks[0] != 0 or (np.diff(picks) <= 0).any() or picks[-1] >= n_frames:
         raise ValueError(f"picks must increase from 0 and stay below n_frames={n_frames}, got {picks[:5].tolist()}...")
     return s[np.searchsorted(picks, np.arange(n_frames), side='right') - 1]
@@ -362,8 +369,11 @@ def baseline_f_scores(videos: list, budget: float = 0.15, n_random: int = 5, see
     out = dict(uniform=[], constant=[], random=[], users_mean=[])
     for v in videos:
         n_snip = len(v['picks'])
-        users = check_user_summaries(v['user_summary'], v['n_frames'])
-        out['uniform'].append(summary_f_score(uniform_summary(v['n_frames'], budget), users))
+        out['uniform'].append(
+            summary_f_score(
+                uniform_summary(v['n_frames'], budget), check_user_summaries(v['user_summary'], v['n_frames'])
+            )
+        )
         out['constant'].append(video_f_score(np.full(n_snip, 0.5), v, budget))
         out['random'].append(np.mean([video_f_score(rng.random(n_snip), v, budget) for _ in range(n_random)]))
         mean_user = v['user_summary'].mean(0)[v['picks']]

@@ -13,8 +13,16 @@ from ..losses import MemoryBank, avid_cma_loss, memory_nce
 from ..dist import all_gather_rows, rank
 from ..media import collate_skip
 from ..core import seed_everything
-from ..engine.method import (Method, MethodArgs, RunContext, register_method, build_av_model, Claim,
-                                   register_claim, get_method)
+from avlearn.engine.method import (
+    Method,
+    MethodArgs,
+    RunContext,
+    register_method,
+    build_av_model,
+    Claim,
+    register_claim,
+    get_method,
+)
 
 # %% auto #0
 __all__ = ['AVID_WORLD', 'AVID_BUDGETS', 'PROBE_TASKS', 'AVIDCMAArgs', 'load_model_weights', 'AVIDCMA', 'embed_dataset',
@@ -39,8 +47,9 @@ class AVIDCMAArgs(MethodArgs):
         if self.n_negatives < 1: raise ValueError(f"method_args.n_negatives must be >= 1, got {self.n_negatives}")
         if not 0 <= self.momentum < 1: raise ValueError(f"method_args.momentum must be in [0, 1), got {self.momentum}")
         if self.cma_k < 0 or self.cma_start_epoch < 0:
-            raise ValueError(f"method_args.cma_k and cma_start_epoch must be >= 0, "
-                             f"got {self.cma_k}, {self.cma_start_epoch}")
+            raise ValueError(
+                f"method_args.cma_k and cma_start_epoch must be >= 0, got {self.cma_k}, {self.cma_start_epoch}"
+            )
         if self.kind not in ('nce', 'softmax'):
             raise ValueError(f"method_args.kind must be 'nce' or 'softmax', got {self.kind!r}")
         if self.bank_init not in ('random', 'encode'):
@@ -48,21 +57,24 @@ class AVIDCMAArgs(MethodArgs):
 
 # %% ../../nbs/papers/20_avid_cma.ipynb #f35cca40
 def load_model_weights(model: nn.Module, path, new: tuple = ()) -> nn.Module:
-    "Load the 'model' weights of the training checkpoint at `path` into `model`; only submodules in `new` may lack any."
+    """Load the 'model' weights of the training checkpoint at `path` into `model`; only submodules named in `new` may
+    lack weights."""
     p = Path(path)
     if not p.is_file(): raise FileNotFoundError(f"method_args.init_checkpoint {str(p)!r} does not exist")
     state = torch.load(p, map_location='cpu', weights_only=False)
     if not isinstance(state, dict) or not isinstance(state.get('model'), dict):
-        raise ValueError(f"method_args.init_checkpoint {str(p)!r} holds no 'model' weights: "
-                         "not an avlearn-train checkpoint")
+        raise ValueError(
+            f"method_args.init_checkpoint {str(p)!r} holds no 'model' weights: not an avlearn-train checkpoint"
+        )
     try: missing, unexpected = model.load_state_dict(state['model'], strict=False)
     except RuntimeError as e:
         raise ValueError(f"method_args.init_checkpoint {str(p)!r} does not fit the model: {e}") from e
     missing = [k for k in missing if k.split('.')[0] not in new]
     if missing or unexpected:
-        raise ValueError(f"method_args.init_checkpoint {str(p)!r} does not fit the model "
-                         "(same model.* settings needed): "
-                         f"missing {missing[:4]}, unexpected {unexpected[:4]}")
+        raise ValueError(
+            f"method_args.init_checkpoint {str(p)!r} does not fit the model (same model.* settings needed): "
+            f"missing {missing[:4]}, unexpected {unexpected[:4]}"
+        )
     return model
 
 # %% ../../nbs/papers/20_avid_cma.ipynb #f1ca89ac
@@ -74,9 +86,11 @@ class AVIDCMA(Method):
     def __init__(self, cfg, dataset_size: int = 0):
         super().__init__(cfg, dataset_size)
         if dataset_size < self.min_clips(cfg):
-            raise ValueError(f"{self.name} needs a training set of at least max(2, method_args.cma_k + 1) = "
-                             f"{self.min_clips(cfg)} clips (one memory-bank row each, cma_k={self.args.cma_k} "
-                             f"positives besides the clip itself), got {dataset_size}")
+            raise ValueError(
+                f"{self.name} needs a training set of at least max(2, method_args.cma_k + 1) = "
+                f"{self.min_clips(cfg)} clips (one memory-bank row each, cma_k={self.args.cma_k} positives "
+                f"besides the clip itself), got {dataset_size}"
+            )
         self.bank = MemoryBank(dataset_size, cfg.model.proj_dim, momentum=self.args.momentum, seed=cfg.seed)
         self.step, self.epoch, self.z, self.z_cma, self.bank_filled = 0, 0, None, None, False
 
@@ -130,7 +144,8 @@ class AVIDCMA(Method):
         return float(math.exp(math.log(self.bank.n) + torch.logsumexp(lse, 0).item() - math.log(count)))
 
     def draw_negatives(self, index: torch.Tensor) -> tuple:
-        "(global batch indices, this process's rows of negatives) for the global batch, from a (seed, step) generator."
+        """(global batch indices, this process's rows of negatives) drawn for the global batch from a (seed, step)
+        generator."""
         everyone = all_gather_rows(index)                                   # the global batch, in rank order
         g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + self.step)
         ids = everyone.cpu(); order = ids.argsort()                         # sorted-index order: placement-free
@@ -204,10 +219,14 @@ def embed_dataset(method: AVIDCMA, model: nn.Module, dataset, batch_size: int = 
 
 def bank_freshness(bank: MemoryBank, index: torch.Tensor, video: torch.Tensor, audio: torch.Tensor) -> dict:
     "Mean cosine between the bank's rows `index` and current embeddings `video`, `audio` (B, D) (1: up to date)."
-    def cos(m, x):
-        rows = bank.get(m, index.to(bank.bank(m).device)).cpu()
-        return (rows * nn.functional.normalize(x.float(), dim=1)).sum(1)
-    return {m: float(cos(m, x).mean()) for m, x in (('video', video), ('audio', audio))}
+    return {
+        m: float(
+            (bank.get(m, index.to(bank.bank(m).device)).cpu() * nn.functional.normalize(x.float(), dim=1))
+            .sum(1)
+            .mean()
+        )
+        for m, x in (('video', video), ('audio', audio))
+    }
 
 def cma_precision(bank: MemoryBank, labels: torch.Tensor, k: int) -> dict:
     """How often the top-`k` cross-modal-agreement positives of every bank row share its label ('precision'), and how
@@ -221,7 +240,8 @@ def cma_precision(bank: MemoryBank, labels: torch.Tensor, k: int) -> dict:
     return dict(precision=float((labels[pos] == labels[:, None]).double().mean()), chance=chance)
 
 def bank_from_embeddings(video: torch.Tensor, audio: torch.Tensor) -> MemoryBank:
-    "A bank whose rows are the given (N, D) embeddings (normalised): the memories a perfectly fresh bank would hold."
+    """A bank whose rows are exactly the given (N, D) embeddings (normalised): the memories a perfectly fresh bank would
+    hold."""
     bank = MemoryBank(video.shape[0], video.shape[1])
     for m, x in (('video', video), ('audio', audio)): bank.bank(m).copy_(nn.functional.normalize(x.float(), dim=1))
     return bank
@@ -231,8 +251,10 @@ def engine_tools() -> types.SimpleNamespace:
     """The engine pieces a claim's experiment uses (`train`, `load_config`, `TensorDictDataset`, `evaluate_model`,
     `list_checkpoints`, `load_checkpoint`), imported when a claim runs: claims are experiments driven from above the
     engine (`avlearn-reproduce`), while a method only meets the engine through `avlearn.engine.method`."""
-    mods = {m: importlib.import_module(f'avlearn.engine.{m}')
-            for m in ('trainer', 'config', 'data', 'evaluation', 'checkpoints')}
+    mods = {
+        m: importlib.import_module(f'avlearn.engine.{m}')
+        for m in ('trainer', 'config', 'data', 'evaluation', 'checkpoints')
+    }
     return types.SimpleNamespace(train=mods['trainer'].train, load_config=mods['config'].load_config,
                                  TensorDictDataset=mods['data'].TensorDictDataset,
                                  evaluate_model=mods['evaluation'].evaluate_model,
@@ -257,13 +279,22 @@ def toy_av_sets(seed: int, n_train: int, n_test: int, world: dict = AVID_WORLD) 
             E.TensorDictDataset({k: b[k][n_train:] for k in keys}))
 
 def toy_overrides(seed: int, budget: dict, world: dict = AVID_WORLD) -> list:
-    "Config overrides of every toy run of the AVID-CMA family: tiny encoders, 8 kHz audio, no mid-epoch checkpoints."
+    """Config overrides shared by every toy run of the AVID-CMA family: tiny encoders, 8 kHz audio, no mid-epoch
+    checkpoints."""
     w = budget['width']
-    return [f'seed={seed}', f"epochs={budget['epochs']}", f"data.batch_size={budget['batch_size']}",
-            f"data.sample_rate={world['sample_rate']}", 'model.proj_dim=32',
-            f'model.video_args={{width: {w}, out_dim: 64}}', f'model.audio_args={{width: {w}, out_dim: 64}}',
-            'optim.lr=2e-3', 'log_every=100000', 'checkpoint_every=100000',
-            f"keep_last={budget['epochs'] + 1}"]
+    return [
+        f'seed={seed}',
+        f"epochs={budget['epochs']}",
+        f"data.batch_size={budget['batch_size']}",
+        f"data.sample_rate={world['sample_rate']}",
+        'model.proj_dim=32',
+        f'model.video_args={{width: {w}, out_dim: 64}}',
+        f'model.audio_args={{width: {w}, out_dim: 64}}',
+        'optim.lr=2e-3',
+        'log_every=100000',
+        'checkpoint_every=100000',
+        f"keep_last={budget['epochs'] + 1}",
+    ]
 
 def probe_score(res: dict, tasks=PROBE_TASKS) -> float:
     "Mean linear-probe accuracy over `tasks` of an `evaluate_model` result, in points."
@@ -316,11 +347,17 @@ def claim_cma_beats_avid(seed: int, budget: str) -> dict:
     return dict(value=ours - ref, ours=ours, reference=ref)
 
 _CLAIM_CONFIG = dict(world=AVID_WORLD, budgets=AVID_BUDGETS, tasks=PROBE_TASKS, lr=2e-3, proj_dim=32, out_dim=64)
-register_claim(Claim(paper='avid_cma', name='bank_beats_random_init',
-                     what='AVID-CMA video features beat the random-init encoder on a linear probe '
-                          '(action, object, colour)',
-                     paper_value=None, unit='points of mean linear-probe accuracy', run=claim_bank_beats_random,
-                     config=_CLAIM_CONFIG))
+register_claim(
+    Claim(
+        paper='avid_cma',
+        name='bank_beats_random_init',
+        what='AVID-CMA video features beat the random-init encoder on a linear probe (action, object, colour)',
+        paper_value=None,
+        unit='points of mean linear-probe accuracy',
+        run=claim_bank_beats_random,
+        config=_CLAIM_CONFIG,
+    )
+)
 register_claim(Claim(paper='avid_cma', name='cma_positives_share_labels',
                      what="after training, CMA positives share the clip's colour more often than chance",
                      paper_value=None, unit='points of precision above chance', run=claim_cma_positives,

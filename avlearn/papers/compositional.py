@@ -36,13 +36,19 @@ def random_segmentation(n: int, generator: torch.Generator | None = None, n_segm
     """Durations N_1..N_M summing to `n`: M ~ U{1, n} (or `n_segments`), then the M-1 cuts uniformly among the n-1 gaps
     (every composition of n into M positive parts equally likely)."""
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n (the clip's frames) must be an int >= 1: a clip shorter than one frame has no segments, "
-                         f"got {n!r}")
+        raise ValueError(
+            f"n (the clip's frames) must be an int >= 1: a clip shorter than one frame has no segments, got {n!r}"
+        )
     if n_segments is None: n_segments = int(torch.randint(1, n + 1, (1,), generator=generator))
     if isinstance(n_segments, bool) or not isinstance(n_segments, int) or not 1 <= n_segments <= n:
-        raise ValueError(f"n_segments must be an int in [1, {n}] (at least one segment, at most one per frame), "
-                         f"got {n_segments!r}")
-    cuts = torch.randperm(n - 1, generator=generator)[:n_segments - 1].sort().values + 1   # gaps 1..n-1
+        raise ValueError(
+            f"n_segments must be an int in [1, {n}] (at least one segment, at most one per frame), got {n_segments!r}"
+        )
+    cuts = (
+        torch.randperm(n - 1, generator=generator)[: n_segments - 1].sort().values + 1
+        if n_segments > 1
+        else torch.zeros(0, dtype=torch.long)
+    )
     bounds = [0, *cuts.tolist(), n]
     return [b - a for a, b in zip(bounds[:-1], bounds[1:])]
 
@@ -51,8 +57,9 @@ def unit_segmentation(n_frames: int, unit: int = 1, generator: torch.Generator |
     if isinstance(unit, bool) or not isinstance(unit, int) or unit < 1:
         raise ValueError(f"unit must be an int >= 1, got {unit!r}")
     if isinstance(n_frames, bool) or not isinstance(n_frames, int) or n_frames < 1:
-        raise ValueError(f"n_frames must be an int >= 1 (a clip shorter than one frame has no segments), "
-                         f"got {n_frames!r}")
+        raise ValueError(
+            f"n_frames must be an int >= 1 (a clip shorter than one frame has no segments), got {n_frames!r}"
+        )
     d = [k * unit for k in random_segmentation(max(1, n_frames // unit), generator)]
     d[-1] += n_frames - sum(d)
     return d
@@ -89,8 +96,9 @@ COMPOSITIONS = ('sum', 'absmax', 'mha')
 def encode_segments(encode, x: torch.Tensor, durations: list, dim: int) -> torch.Tensor:
     "Embeddings (B, M, D) of the segments of `x` along `dim` with `durations`, one `encode` call per distinct duration."
     if sum(durations) != x.shape[dim]:
-        raise ValueError(f"durations must sum to the input's {x.shape[dim]} frames along dim {dim}, "
-                         f"got {sum(durations)}")
+        raise ValueError(
+            f"durations must sum to the input's {x.shape[dim]} frames along dim {dim}, got {sum(durations)}"
+        )
     starts = np.cumsum([0, *durations[:-1]]).tolist()
     out = [None] * len(durations)
     for d in sorted(set(durations)):
@@ -101,33 +109,43 @@ def encode_segments(encode, x: torch.Tensor, durations: list, dim: int) -> torch
 
 class CompositionalModel(AVModel):
     "An `AVModel` (adopting the given one's modules) whose forward also composes segment embeddings (eq. 2)."
-    def __init__(self, av: AVModel, composition: str = 'absmax', dim: int = 128, heads: int = 4,
-                 normalise: bool = True):
+    def __init__(
+        self, av: AVModel, composition: str = 'absmax', dim: int = 128, heads: int = 4, normalise: bool = True
+    ):
         nn.Module.__init__(self)
-        for name, child in av.named_children(): self.add_module(name, child)
+        for name, child in av.named_children():
+            self.add_module(name, child)
         if composition not in COMPOSITIONS:
             raise ValueError(f"method_args.composition must be one of {COMPOSITIONS}, got {composition!r}")
         self.composition, self.normalise = composition, normalise
-        self.composer = (nn.ModuleDict({m: AttentionComposer(dim, heads) for m in ('video', 'audio')})
-                         if composition == 'mha' else None)
+        self.composer = (
+            nn.ModuleDict({m: AttentionComposer(dim, heads) for m in ('video', 'audio')})
+            if composition == 'mha'
+            else None
+        )
 
     def compose(self, modality: str, h: torch.Tensor) -> torch.Tensor:
         "g(h~) for segment embeddings (B, M, D), L2-normalised when `normalise`."
-        if self.composition == 'sum': g = compose_sum(h)
-        elif self.composition == 'absmax': g = compose_absmax(h)
-        else: g = self.composer[modality](h)
+        g = (
+            compose_sum(h)
+            if self.composition == 'sum'
+            else compose_absmax(h) if self.composition == 'absmax' else self.composer[modality](h)
+        )
         return F.normalize(g, dim=-1) if self.normalise else g
 
     def forward(self, video, audio=None, video_durations=None, audio_durations=None, whole_grad: bool = True):
-        "(v, a) like `AVModel`; with durations also (g(v~), g(a~)). `audio`: waveforms (B, S) or spectrograms."
+        """(v, a) like `AVModel`; with durations also (g(v~), g(a~)). `audio`: waveforms (B, S) or spectrograms (B, 1,
+        mels, F)."""
         spec = None if audio is None else (self.logmel(audio) if audio.ndim == 2 else audio)
         with torch.set_grad_enabled(whole_grad and torch.is_grad_enabled()):
             v, a = super().forward(video, spec)
         if video_durations is None and audio_durations is None: return v, a
-        encode_v = lambda x: self.video_head(self.video_encoder(x))
-        encode_a = lambda x: self.audio_head(self.audio_encoder(x))
-        gv = self.compose('video', encode_segments(encode_v, video, video_durations, 2))
-        ga = self.compose('audio', encode_segments(encode_a, spec, audio_durations, 3))
+        gv = self.compose(
+            'video', encode_segments(lambda x: self.video_head(self.video_encoder(x)), video, video_durations, 2)
+        )
+        ga = self.compose(
+            'audio', encode_segments(lambda x: self.audio_head(self.audio_encoder(x)), spec, audio_durations, 3)
+        )
         return v, a, gv, ga
 
 # %% ../../nbs/papers/28_compositional.ipynb #f818b63f
@@ -158,8 +176,10 @@ class Compositional(AVIDCMA):
     def __init__(self, cfg, dataset_size: int = 0):
         super().__init__(cfg, dataset_size)
         if self.args.composition == 'mha' and cfg.model.proj_dim % self.args.mha_heads:
-            raise ValueError(f"method_args.mha_heads={self.args.mha_heads} must divide the embedding size "
-                             f"{cfg.model.proj_dim} (model.proj_dim)")
+            raise ValueError(
+                f"method_args.mha_heads={self.args.mha_heads} must divide the embedding size {cfg.model.proj_dim} "
+                "(model.proj_dim)"
+            )
 
     def build_model(self) -> CompositionalModel:
         a = self.args
@@ -171,8 +191,9 @@ class Compositional(AVIDCMA):
         "(video durations, audio durations in spectrogram frames) for this step, from a (seed, step, rank) generator."
         g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + self.step * 7919 + rank())
         n_spec = unwrap(model).logmel(batch['audio'][:1]).shape[-1]
-        video_durations = random_segmentation(batch['video'].shape[2], g)
-        return video_durations, unit_segmentation(n_spec, self.args.audio_unit_frames, g)
+        return random_segmentation(batch['video'].shape[2], g), unit_segmentation(
+            n_spec, self.args.audio_unit_frames, g
+        )
 
     def loss(self, model, batch):
         vd, ad = self.draw_durations(model, batch)
@@ -180,7 +201,7 @@ class Compositional(AVIDCMA):
         v, a, gv, ga = model(batch['video'], batch['audio'], vd, ad, whole_grad=ec)
         v, a, gv, ga = v.float(), a.float(), gv.float(), ga.float()
         logs = dict(cma=float(self.cma_k_now() > 0), video_segments=float(len(vd)), audio_segments=float(len(ad)))
-        if ec:                                          # eq. 4: AVID-CMA on the clip + lambda (L_c(v) + L_c(a))
+        if ec:  # eq. 4: AVID-CMA on the clip + lambda (L_c(v) + L_c(a))
             loss, everyone = self.memory_loss(v, a, batch['index'])
             l_c = composition_loss(v, gv) + composition_loss(a, ga)
             loss = loss + self.args.ec_weight * l_c; logs['l_c'] = float(l_c.detach())
@@ -201,16 +222,47 @@ PAPER_TABLE1 = {None: 91.5, ('ic', 'sum'): 94.26, ('ic', 'absmax'): 94.81, ('ic'
                 ('ec', 'sum'): 93.51, ('ec', 'absmax'): 94.47, ('ec', 'mha'): 95.06}
 PAPER_TABLE3 = {'reinforce': 41.4, 'avid_cma': 42.2, 'ic_absmax_visual': 44.86, 'ic_absmax_audio_visual': 46.65}
 COMP_BUDGETS = dict(
-    fast=dict(n_base=64, n_cont=64, n_ft=48, n_test=36, base_epochs=3, cont_epochs=1, ft_epochs=4, ft_seeds=1, clips=10,
-              width=8, n_negatives=32, cma_k=4, summe_videos=10, dsn_epochs=10, splits=2),
-    full=dict(n_base=256, n_cont=192, n_ft=180, n_test=96, base_epochs=16, cont_epochs=4, ft_epochs=10, ft_seeds=3,
-              clips=10,
-              width=8, n_negatives=128, cma_k=8, summe_videos=25, dsn_epochs=30, splits=5))
+    fast=dict(
+        n_base=64,
+        n_cont=64,
+        n_ft=48,
+        n_test=36,
+        base_epochs=3,
+        cont_epochs=1,
+        ft_epochs=4,
+        ft_seeds=1,
+        clips=10,
+        width=8,
+        n_negatives=32,
+        cma_k=4,
+        summe_videos=10,
+        dsn_epochs=10,
+        splits=2,
+    ),
+    full=dict(
+        n_base=256,
+        n_cont=192,
+        n_ft=180,
+        n_test=96,
+        base_epochs=16,
+        cont_epochs=4,
+        ft_epochs=10,
+        ft_seeds=3,
+        clips=10,
+        width=8,
+        n_negatives=128,
+        cma_k=8,
+        summe_videos=25,
+        dsn_epochs=30,
+        splits=5,
+    ),
+)
 
 def variant_name(v) -> str: return 'AVID-CMA' if v is None else f"{v[0].upper()}+{v[1]}"
 
 def windows(video: torch.Tensor, length: int, starts) -> torch.Tensor:
-    "Clips (N, C, 3, length, H, W) of videos (N, 3, T, H, W): the `length`-frame windows starting at `starts` (C,)."
+    """Clips (N, C, 3, length, H, W) of videos (N, 3, T, H, W): the `length`-frame windows starting at each of `starts`
+    (C,)."""
     if video.shape[2] < length:
         raise ValueError(f"videos of {video.shape[2]} frames are shorter than one {length}-frame window")
     if any(int(s) < 0 or int(s) + length > video.shape[2] for s in starts):
@@ -221,12 +273,14 @@ def compound_sets(seed: int, B: dict) -> dict:
     "The datasets of one seed: 'base' and 'cont' (unlabelled clips for the engine), finetuning 'train_x/y', 'test_x/y'."
     from avlearn.data import ToyWorld, ToyWorldConfig
     E = engine_tools()
-    n_clips = B['n_base'] + B['n_cont']
-    clips = ToyWorld(ToyWorldConfig(**COMPOUND_WORLD), n=n_clips, seed=seed).batch(range(n_clips))
+    clips = ToyWorld(ToyWorldConfig(**COMPOUND_WORLD), n=B['n_base'] + B['n_cont'], seed=seed).batch(
+        range(B['n_base'] + B['n_cont'])
+    )
     split = lambda lo, hi: E.TensorDictDataset({k: clips[k][lo:hi] for k in ('video', 'audio', 'action')})
     n = B['n_ft'] + B['n_test']
-    long_world = ToyWorldConfig(**dict(COMPOUND_WORLD, n_frames=EVAL_FRAMES))
-    vids = ToyWorld(long_world, n=n, seed=seed + 10_000).batch(range(n))
+    vids = ToyWorld(ToyWorldConfig(**dict(COMPOUND_WORLD, n_frames=EVAL_FRAMES)), n=n, seed=seed + 10_000).batch(
+        range(n)
+    )
     L, g = COMPOUND_WORLD['n_frames'], torch.Generator().manual_seed(seed)
     train_starts = torch.randint(0, EVAL_FRAMES - L + 1, (B['n_ft'],), generator=g)
     train_x = torch.stack([vids['video'][i, :, s:s + L] for i, s in enumerate(train_starts.tolist())])
@@ -254,18 +308,45 @@ def compositional_runs(seed: int, budget: str = 'full', log=None) -> dict:
     try:
         data = compound_sets(seed, B)
         common = toy_overrides(seed, dict(B, epochs=B['base_epochs'], batch_size=32), COMPOUND_WORLD)
-        pre_args = (f"method_args={{n_negatives: {B['n_negatives']}, cma_k: {B['cma_k']}, "
-                    f"cma_start_epoch: {B['base_epochs'] // 2}}}")
-        pre = E.train(E.load_config(None, [*common, 'method=avid_cma', pre_args]), train_set=data['base'],
-                      progress=False)
+        pre = E.train(
+            E.load_config(
+                None,
+                [
+                    *common,
+                    'method=avid_cma',
+                    (
+                        f"method_args={{n_negatives: {B['n_negatives']}, "
+                        f"cma_k: {B['cma_k']}, cma_start_epoch: {B['base_epochs'] // 2}}}"
+                    ),
+                ],
+            ),
+            train_set=data['base'],
+            progress=False,
+        )
         ckpt = E.list_checkpoints(pre.out)[-1]
         cont = [o for o in toy_overrides(seed, dict(B, epochs=B['cont_epochs'], batch_size=32), COMPOUND_WORLD)
                 if not o.startswith('optim.lr')] + ['optim.lr=1e-3', 'optim.weight_decay=1e-5']
         acc, probe, models = {}, {}, {}
-        def ft(enc):      # the paper's protocol, averaged over finetuning seeds (one finetuning swings by 10 points)
-            return float(np.mean([100 * finetune(enc, data['train_x'], data['train_y'], data['test_x'], data['test_y'],
-                                                 epochs=B['ft_epochs'], lr=1e-3, batch_size=16,
-                                                 seed=1000 * seed + k)['accuracy'] for k in range(B['ft_seeds'])]))
+        def ft(enc):  # the paper's protocol, averaged over finetuning seeds (one finetuning alone swings by 10 points)
+            return float(
+                np.mean(
+                    [
+                        100
+                        * finetune(
+                            enc,
+                            data['train_x'],
+                            data['train_y'],
+                            data['test_x'],
+                            data['test_y'],
+                            epochs=B['ft_epochs'],
+                            lr=1e-3,
+                            batch_size=16,
+                            seed=1000 * seed + k,
+                        )['accuracy']
+                        for k in range(B['ft_seeds'])
+                    ]
+                )
+            )
         def lp(model):    # a frozen linear probe with the same 10-clip averaging: a lower-noise diagnostic
             with torch.no_grad():
                 tr = model.video_features(data['train_x'])
@@ -274,8 +355,10 @@ def compositional_runs(seed: int, budget: str = 'full', log=None) -> dict:
         for variant in VARIANTS:
             t0 = time.perf_counter()
             method = 'avid_cma' if variant is None else 'compositional'
-            args = 'method_args=' + continue_args(B, variant).replace('{ckpt}', str(ckpt))
-            cfg = E.load_config(None, [*cont, f'method={method}', args])
+            cfg = E.load_config(
+                None,
+                [*cont, f'method={method}', 'method_args=' + continue_args(B, variant).replace('{ckpt}', str(ckpt))],
+            )
             trainer = E.train(cfg, train_set=data['cont'], progress=False)
             models[variant] = unwrap(trainer.model).eval()
             acc[variant], probe[variant] = ft(models[variant].video_encoder), lp(models[variant])
@@ -294,21 +377,28 @@ def table1_report(acc: list, probe: list | None = None) -> str:
     """Our Table 1 beside the paper's: per variant, the mean +- std over seeds of finetuned accuracy (and of the frozen
     probe), from one {variant name: accuracy} dict per seed (plus optional 'random init' and 'pretrained' rows)."""
     sd = lambda x: x.std(ddof=1) if len(x) > 1 else 0.
-    lines = [f"{'variant':12s}{'finetuned':>16s}{'vs baseline':>13s}{'probe':>15s}{'paper':>8s}"
-             f"{'paper vs baseline':>19s}"]
+    lines = [
+        f"{'variant':12s}{'finetuned':>16s}{'vs baseline':>13s}{'probe':>15s}{'paper':>8s}{'paper vs baseline':>19s}"
+    ]
     for name in [variant_name(v) for v in VARIANTS] + ['random init', 'pretrained']:
         if name not in acc[0]: continue
         x = np.array([a[name] for a in acc]); d = x - np.array([a['AVID-CMA'] for a in acc])
-        q_ = None if probe is None else np.array([q[name] for q in probe])
-        p = '' if probe is None else f"{q_.mean():9.1f} +- {sd(q_):3.1f}"
+        p = (
+            ''
+            if probe is None
+            else f"{np.mean([q[name] for q in probe]):9.1f} +- {sd(np.array([q[name] for q in probe])):3.1f}"
+        )
         v = next((v for v in VARIANTS if variant_name(v) == name), 'none')
         paper = '' if v == 'none' else f"{PAPER_TABLE1[v]:8.2f}{PAPER_TABLE1[v] - PAPER_TABLE1[None]:+15.2f}"
-        vs = '' if v == 'none' else f'{d.mean():+10.1f}'
-        lines.append(f"{name:12s}{x.mean():9.1f} +- {sd(x):3.1f}{vs:>13s}{p:>15s}{paper}")
+        lines.append(
+            f"{name:12s}{x.mean():9.1f} +-"
+            f" {sd(x):3.1f}{'' if v == 'none' else f'{d.mean():+10.1f}':>13s}{p:>15s}{paper}"
+        )
     return '\n'.join(lines)
 
 def per_variant(runs: dict, key: str = 'acc') -> dict:
-    "{variant name: value} of one seed's `compositional_runs` for 'acc' (finetuned) or 'probe', and the reference rows."
+    """{variant name: value} of one seed's `compositional_runs` for 'acc' (finetuned) or 'probe', with the two reference
+    rows."""
     out = {variant_name(v): runs[key][v] for v in VARIANTS}
     suffix = '' if key == 'acc' else '_probe'
     out.update({'random init': runs['random_init' + suffix], 'pretrained': runs['pretrained' + suffix]})
@@ -337,10 +427,21 @@ def summarisation_runs(seed: int, budget: str = 'full') -> dict:
     splits = five_splits(len(videos), n_splits=B['splits'], seed=seed)
     threads = torch.get_num_threads(); torch.set_num_threads(1)
     try:
-        out = {f"{'baseline' if v is None else 'ic_absmax'}_{'audio_visual' if av else 'visual'}":
-               100 * summe_protocol(snippet_features(runs['models'][v], videos, av), videos, splits,
-                                    epochs=B['dsn_epochs'], hidden=64, seed=seed)['f_score']
-               for v in (None, ('ic', 'absmax')) for av in (False, True)}
+        out = {
+            f"{'baseline' if v is None else 'ic_absmax'}_{'audio_visual' if av else 'visual'}": (
+                100
+                * summe_protocol(
+                    snippet_features(runs['models'][v], videos, av),
+                    videos,
+                    splits,
+                    epochs=B['dsn_epochs'],
+                    hidden=64,
+                    seed=seed,
+                )['f_score']
+            )
+            for v in (None, ('ic', 'absmax'))
+            for av in (False, True)
+        }
     finally: torch.set_num_threads(threads)
     out.update({k: 100 * x for k, x in baseline_f_scores(videos, seed=seed).items()})
     _RUNS[key] = out
@@ -351,8 +452,13 @@ def claim_constraints_beat_baseline(seed: int, budget: str) -> dict:
     acc = compositional_runs(seed, budget)['acc']
     ours = float(np.mean([acc[v] for v in VARIANTS[1:]]))
     r = compositional_runs(seed, budget)
-    return dict(value=ours - acc[None], ours=ours, reference=acc[None], per_variant=per_variant(r),
-                probe=per_variant(r, 'probe'))
+    return dict(
+        value=ours - acc[None],
+        ours=ours,
+        reference=acc[None],
+        per_variant=per_variant(r),
+        probe=per_variant(r, 'probe'),
+    )
 
 def _best_of(family: str, best: str):
     def run(seed: int, budget: str) -> dict:
@@ -363,8 +469,12 @@ def _best_of(family: str, best: str):
 
 def claim_ic_absmax_summarises_better(seed: int, budget: str) -> dict:
     r = summarisation_runs(seed, budget)
-    return dict(value=r['ic_absmax_visual'] - r['baseline_visual'], ours=r['ic_absmax_visual'],
-                reference=r['baseline_visual'], **r)
+    return dict(
+        value=r['ic_absmax_visual'] - r['baseline_visual'],
+        ours=r['ic_absmax_visual'],
+        reference=r['baseline_visual'],
+        **r
+    )
 
 def claim_audio_helps_summaries(seed: int, budget: str) -> dict:
     r = summarisation_runs(seed, budget)
@@ -376,35 +486,73 @@ def claim_summaries_beat_baselines(seed: int, budget: str) -> dict:
     ref = max(r['uniform'], r['constant'], r['random'])
     return dict(value=r['ic_absmax_visual'] - ref, ours=r['ic_absmax_visual'], reference=ref)
 
-_CONFIG = dict(world=COMPOUND_WORLD, eval_frames=EVAL_FRAMES, budgets=COMP_BUDGETS,
-               variants=[variant_name(v) for v in VARIANTS],
-               continuation=dict(lr=1e-3, weight_decay=1e-5, bank_init='encode', ec_weight=0.1, audio_unit_frames=6,
-                                 mha_heads=4), finetune=dict(lr=1e-3, batch_size=16), dsn=dict(hidden=64))
+_CONFIG = dict(
+    world=COMPOUND_WORLD,
+    eval_frames=EVAL_FRAMES,
+    budgets=COMP_BUDGETS,
+    variants=[variant_name(v) for v in VARIANTS],
+    continuation=dict(lr=1e-3, weight_decay=1e-5, bank_init='encode', ec_weight=0.1, audio_unit_frames=6, mha_heads=4),
+    finetune=dict(lr=1e-3, batch_size=16),
+    dsn=dict(hidden=64),
+)
 _T1 = 'points of finetuned accuracy (compound activities, 10-clip averaging)'
-register_claim(Claim('compositional', 'table1_constraints_beat_baseline',
-                     'the six EC/IC variants (mean) beat continuing AVID-CMA alone (Table 1)',
-                     paper_value=round(np.mean([PAPER_TABLE1[v] for v in VARIANTS[1:]]) - PAPER_TABLE1[None], 2),
-                     unit=_T1,
-                     run=claim_constraints_beat_baseline, config=_CONFIG))
-register_claim(Claim('compositional', 'table1_ec_best_with_mha',
-                     'for EC, MHA is the best composition function (Table 1)',
-                     paper_value=round(PAPER_TABLE1[('ec', 'mha')] - PAPER_TABLE1[('ec', 'absmax')], 2), unit=_T1,
-                     run=_best_of('ec', 'mha'), config=_CONFIG))
-register_claim(Claim('compositional', 'table1_ic_best_with_absmax',
-                     'for IC, absmax is the best composition function (Table 1)',
-                     paper_value=round(PAPER_TABLE1[('ic', 'absmax')] - PAPER_TABLE1[('ic', 'sum')], 2), unit=_T1,
-                     run=_best_of('ic', 'absmax'), config=_CONFIG))
+register_claim(
+    Claim(
+        'compositional',
+        'table1_constraints_beat_baseline',
+        'the six EC/IC variants (mean) beat continuing AVID-CMA alone (Table 1)',
+        paper_value=round(np.mean([PAPER_TABLE1[v] for v in VARIANTS[1:]]) - PAPER_TABLE1[None], 2),
+        unit=_T1,
+        run=claim_constraints_beat_baseline,
+        config=_CONFIG,
+    )
+)
+register_claim(
+    Claim(
+        'compositional',
+        'table1_ec_best_with_mha',
+        'for EC, MHA is the best composition function (Table 1)',
+        paper_value=round(PAPER_TABLE1[('ec', 'mha')] - PAPER_TABLE1[('ec', 'absmax')], 2),
+        unit=_T1,
+        run=_best_of('ec', 'mha'),
+        config=_CONFIG,
+    )
+)
+register_claim(
+    Claim(
+        'compositional',
+        'table1_ic_best_with_absmax',
+        'for IC, absmax is the best composition function (Table 1)',
+        paper_value=round(PAPER_TABLE1[('ic', 'absmax')] - PAPER_TABLE1[('ic', 'sum')], 2),
+        unit=_T1,
+        run=_best_of('ic', 'absmax'),
+        config=_CONFIG,
+    )
+)
 _T3 = 'points of SumMe-protocol F-score on the toy SumMe'
 register_claim(Claim('compositional', 'table3_ic_absmax_beats_avid_cma',
                      'DR-DSN on IC+absmax visual features beats DR-DSN on AVID-CMA features (Table 3)',
                      paper_value=round(PAPER_TABLE3['ic_absmax_visual'] - PAPER_TABLE3['avid_cma'], 2), unit=_T3,
                      run=claim_ic_absmax_summarises_better, config=_CONFIG))
-register_claim(Claim('compositional', 'table3_audio_helps',
-                     'adding audio features to IC+absmax improves the summaries (Table 3)',
-                     paper_value=round(PAPER_TABLE3['ic_absmax_audio_visual'] - PAPER_TABLE3['ic_absmax_visual'], 2),
-                     unit=_T3,
-                     run=claim_audio_helps_summaries, config=_CONFIG))
-register_claim(Claim('compositional', 'table3_beats_baselines',
-                     'DR-DSN on IC+absmax visual features beats uniform, constant and random summaries',
-                     paper_value=None,
-                     unit=_T3, run=claim_summaries_beat_baselines, config=_CONFIG))
+register_claim(
+    Claim(
+        'compositional',
+        'table3_audio_helps',
+        'adding audio features to IC+absmax improves the summaries (Table 3)',
+        paper_value=round(PAPER_TABLE3['ic_absmax_audio_visual'] - PAPER_TABLE3['ic_absmax_visual'], 2),
+        unit=_T3,
+        run=claim_audio_helps_summaries,
+        config=_CONFIG,
+    )
+)
+register_claim(
+    Claim(
+        'compositional',
+        'table3_beats_baselines',
+        'DR-DSN on IC+absmax visual features beats uniform, constant and random summaries',
+        paper_value=None,
+        unit=_T3,
+        run=claim_summaries_beat_baselines,
+        config=_CONFIG,
+    )
+)
