@@ -78,7 +78,8 @@ def test_init_checkpoint_errors(tmp_path):
     from avlearn.papers.avid_cma import load_model_weights
     from avlearn.engine.method import build_av_model
     model = build_av_model(_cfg('method=avid_cma'))
-    with pytest.raises(FileNotFoundError, match='method_args.init_checkpoint'): load_model_weights(model, tmp_path / 'no.pt')
+    with pytest.raises(FileNotFoundError, match='method_args.init_checkpoint'):
+        load_model_weights(model, tmp_path / 'no.pt')
     torch.save({'weights': {}}, tmp_path / 'bad.pt')
     with pytest.raises(ValueError, match="holds no 'model' weights"): load_model_weights(model, tmp_path / 'bad.pt')
     other = build_av_model(_cfg('method=avid_cma', 'model.proj_dim=16'))
@@ -98,10 +99,12 @@ def test_bad_inputs_of_issue_16():
     with pytest.raises(ValueError, match='at least one segment'): random_segmentation(3, n_segments=0)
     with pytest.raises(ValueError, match='shorter than one frame'): random_segmentation(0)
     with pytest.raises(ValueError, match='shorter than one frame'): unit_segmentation(0, 4)
-    with pytest.raises(ValueError, match='must sum'): encode_segments(lambda x: x, torch.zeros(2, 3, 4, 8, 8), [2, 3], 2)
+    with pytest.raises(ValueError, match='must sum'):
+        encode_segments(lambda x: x, torch.zeros(2, 3, 4, 8, 8), [2, 3], 2)
     for budget in (0, 1, -0.1, 1.5, float('nan')):
         with pytest.raises(ValueError, match='budget'): uniform_summary(100, budget)
-        with pytest.raises(ValueError, match='budget'): simulate_users([0.5, 0.2], 2, budget, 0.1, 4, np.random.default_rng(0))
+        with pytest.raises(ValueError, match='budget'):
+            simulate_users([0.5, 0.2], 2, budget, 0.1, 4, np.random.default_rng(0))
     with pytest.raises(ValueError, match='user_budget'): ToySumMeConfig(user_budget=1.2)
     video = dict(n_frames=8, picks=np.array([0, 4]), change_points=np.array([[0, 3], [4, 7]]),
                  user_summary=np.zeros((0, 8), dtype=int))

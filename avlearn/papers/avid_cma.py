@@ -4,7 +4,7 @@
 
 # %% ../../nbs/papers/20_avid_cma.ipynb #b14e1235
 from __future__ import annotations
-import importlib, math, types
+import math
 from dataclasses import dataclass
 from pathlib import Path
 import torch
@@ -22,12 +22,14 @@ from avlearn.engine.method import (
     Claim,
     register_claim,
     get_method,
+    train_in_process,
+    evaluate_in_process,
 )
 
 # %% auto #0
 __all__ = ['AVID_WORLD', 'AVID_BUDGETS', 'PROBE_TASKS', 'AVIDCMAArgs', 'load_model_weights', 'AVIDCMA', 'embed_dataset',
-           'bank_freshness', 'cma_precision', 'bank_from_embeddings', 'engine_tools', 'toy_av_sets', 'toy_overrides',
-           'probe_score', 'avid_toy_runs', 'claim_bank_beats_random', 'claim_cma_positives', 'claim_cma_beats_avid']
+           'bank_freshness', 'cma_precision', 'bank_from_embeddings', 'toy_av_sets', 'toy_overrides', 'probe_score',
+           'avid_toy_runs', 'claim_bank_beats_random', 'claim_cma_positives', 'claim_cma_beats_avid']
 
 # %% ../../nbs/papers/20_avid_cma.ipynb #6e1da153
 @dataclass(frozen=True)
@@ -247,20 +249,6 @@ def bank_from_embeddings(video: torch.Tensor, audio: torch.Tensor) -> MemoryBank
     return bank
 
 # %% ../../nbs/papers/20_avid_cma.ipynb #36068e01
-def engine_tools() -> types.SimpleNamespace:
-    """The engine pieces a claim's experiment uses (`train`, `load_config`, `TensorDictDataset`, `evaluate_model`,
-    `list_checkpoints`, `load_checkpoint`), imported when a claim runs: claims are experiments driven from above the
-    engine (`avlearn-reproduce`), while a method only meets the engine through `avlearn.engine.method`."""
-    mods = {
-        m: importlib.import_module(f'avlearn.engine.{m}')
-        for m in ('trainer', 'config', 'data', 'evaluation', 'checkpoints')
-    }
-    return types.SimpleNamespace(train=mods['trainer'].train, load_config=mods['config'].load_config,
-                                 TensorDictDataset=mods['data'].TensorDictDataset,
-                                 evaluate_model=mods['evaluation'].evaluate_model,
-                                 list_checkpoints=mods['checkpoints'].list_checkpoints,
-                                 load_checkpoint=mods['checkpoints'].load_checkpoint)
-
 #: the toy world of the AVID-CMA claims: one scene, so the background cannot tell clips apart on its own
 AVID_WORLD = dict(n_frames=8, size=32, sample_rate=8000, scenes=('meadow',))
 #: per budget: clips, epochs, batch and encoder width of every run of the claims
@@ -269,14 +257,13 @@ AVID_BUDGETS = dict(fast=dict(n_train=96, n_test=64, epochs=6, batch_size=32, wi
 PROBE_TASKS = ('action', 'object', 'colour')
 
 def toy_av_sets(seed: int, n_train: int, n_test: int, world: dict = AVID_WORLD) -> tuple:
-    "(train, test) in-memory `TensorDictDataset`s of toy clips with their labels (video, audio and every task)."
+    """(train, test) dicts of in-memory toy clips: video, audio and every task's labels (`train_in_process` takes them
+    as they are; wrap them in `avlearn.engine.data.TensorDictDataset` to iterate over them)."""
     from avlearn.data import ToyWorld, ToyWorldConfig, TASKS
     w = ToyWorld(ToyWorldConfig(**world), n=n_train + n_test, seed=seed)
     b = w.batch(range(n_train + n_test))
     keys = ('video', 'audio', *TASKS)
-    E = engine_tools()
-    return (E.TensorDictDataset({k: b[k][:n_train] for k in keys}),
-            E.TensorDictDataset({k: b[k][n_train:] for k in keys}))
+    return {k: b[k][:n_train] for k in keys}, {k: b[k][n_train:] for k in keys}
 
 def toy_overrides(seed: int, budget: dict, world: dict = AVID_WORLD) -> list:
     """Config overrides shared by every toy run of the AVID-CMA family: tiny encoders, 8 kHz audio, no mid-epoch
@@ -308,7 +295,7 @@ def avid_toy_runs(seed: int, budget: str = 'full') -> dict:
     Cached per (seed, budget): the claims of one seed share the runs."""
     if (seed, budget) in _RUNS: return _RUNS[(seed, budget)]
     if budget not in AVID_BUDGETS: raise ValueError(f"budget must be one of {list(AVID_BUDGETS)}, got {budget!r}")
-    B, E = AVID_BUDGETS[budget], engine_tools()
+    B = AVID_BUDGETS[budget]
     threads = torch.get_num_threads(); torch.set_num_threads(1)    # tiny tensors: one thread beats a busy pool
     try:
         train_set, test_set = toy_av_sets(seed, B['n_train'], B['n_test'])
@@ -319,15 +306,16 @@ def avid_toy_runs(seed: int, budget: str = 'full') -> dict:
                     avid_cma=['method=avid_cma', f'method_args={avid}'])
         out = {}
         for name, extra in runs.items():
-            cfg = E.load_config(None, [*base, *extra])
-            trainer = E.train(cfg, train_set=train_set, progress=False)
-            out[name] = E.evaluate_model(cfg, trainer.method, trainer.model, train_set, test_set, tasks=PROBE_TASKS)
+            trainer = train_in_process(None, [*base, *extra], train_set=train_set)
+            out[name] = evaluate_in_process(trainer.cfg, trainer.method, trainer.model, train_set, test_set,
+                                            tasks=PROBE_TASKS)
             if name == 'avid_cma':
-                out['cma_colour'] = cma_precision(trainer.method.bank, train_set.data['colour'], B['cma_k'])
-        cfg = E.load_config(None, [*base, 'method=crossmodal_nce'])
+                out['cma_colour'] = cma_precision(trainer.method.bank, train_set['colour'], B['cma_k'])
+            if name == 'crossmodal_nce': cfg = trainer.cfg
         seed_everything(seed)                        # as the trainer does: the same initial weights as its runs
-        method = get_method('crossmodal_nce')(cfg, len(train_set))
-        out['random_init'] = E.evaluate_model(cfg, method, method.build_model(), train_set, test_set, tasks=PROBE_TASKS)
+        method = get_method('crossmodal_nce')(cfg, B['n_train'])
+        out['random_init'] = evaluate_in_process(cfg, method, method.build_model(), train_set, test_set,
+                                                 tasks=PROBE_TASKS)
     finally: torch.set_num_threads(threads)
     _RUNS[(seed, budget)] = out
     return out

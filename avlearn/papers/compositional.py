@@ -5,6 +5,7 @@
 # %% ../../nbs/papers/28_compositional.ipynb #8b9d9e3a
 from __future__ import annotations
 import math, time
+from pathlib import Path
 from dataclasses import dataclass
 import numpy as np
 import torch
@@ -17,8 +18,8 @@ from ..attention import exact_attention
 from ..losses import composition_loss
 from ..evaluation import finetune, linear_probe
 from ..summarisation import ToySumMe, ToySumMeConfig, summe_protocol, baseline_f_scores
-from ..engine.method import register_method, build_av_model, Claim, register_claim
-from .avid_cma import (AVIDCMA, AVIDCMAArgs, load_model_weights, engine_tools, toy_overrides,
+from ..engine.method import register_method, build_av_model, Claim, register_claim, train_in_process
+from .avid_cma import (AVIDCMA, AVIDCMAArgs, load_model_weights, toy_overrides,
                                      embed_dataset)
 
 EXTENDS = ('avid_cma',)
@@ -270,13 +271,12 @@ def windows(video: torch.Tensor, length: int, starts) -> torch.Tensor:
     return torch.stack([video[:, :, int(s):int(s) + length] for s in starts], 1)
 
 def compound_sets(seed: int, B: dict) -> dict:
-    "The datasets of one seed: 'base' and 'cont' (unlabelled clips for the engine), finetuning 'train_x/y', 'test_x/y'."
+    """The data of one seed: 'base' and 'cont' (dicts of unlabelled clips for the engine), and the finetuning tensors
+    'train_x/y', 'test_x/y'."""
     from avlearn.data import ToyWorld, ToyWorldConfig
-    E = engine_tools()
-    clips = ToyWorld(ToyWorldConfig(**COMPOUND_WORLD), n=B['n_base'] + B['n_cont'], seed=seed).batch(
-        range(B['n_base'] + B['n_cont'])
-    )
-    split = lambda lo, hi: E.TensorDictDataset({k: clips[k][lo:hi] for k in ('video', 'audio', 'action')})
+    n_clips = B['n_base'] + B['n_cont']
+    clips = ToyWorld(ToyWorldConfig(**COMPOUND_WORLD), n=n_clips, seed=seed).batch(range(n_clips))
+    split = lambda lo, hi: {k: clips[k][lo:hi] for k in ('video', 'audio', 'action')}
     n = B['n_ft'] + B['n_test']
     vids = ToyWorld(ToyWorldConfig(**dict(COMPOUND_WORLD, n_frames=EVAL_FRAMES)), n=n, seed=seed + 10_000).batch(
         range(n)
@@ -303,27 +303,15 @@ def compositional_runs(seed: int, budget: str = 'full', log=None) -> dict:
     'random_init': accuracy}. Cached per (seed, budget): Table 1's and Table 3's claims share it."""
     if (seed, budget) in _RUNS: return _RUNS[(seed, budget)]
     if budget not in COMP_BUDGETS: raise ValueError(f"budget must be one of {list(COMP_BUDGETS)}, got {budget!r}")
-    B, E = COMP_BUDGETS[budget], engine_tools()
+    B = COMP_BUDGETS[budget]
     threads = torch.get_num_threads(); torch.set_num_threads(1)    # tiny tensors: one thread beats a busy pool
     try:
         data = compound_sets(seed, B)
         common = toy_overrides(seed, dict(B, epochs=B['base_epochs'], batch_size=32), COMPOUND_WORLD)
-        pre = E.train(
-            E.load_config(
-                None,
-                [
-                    *common,
-                    'method=avid_cma',
-                    (
-                        f"method_args={{n_negatives: {B['n_negatives']}, "
-                        f"cma_k: {B['cma_k']}, cma_start_epoch: {B['base_epochs'] // 2}}}"
-                    ),
-                ],
-            ),
-            train_set=data['base'],
-            progress=False,
-        )
-        ckpt = E.list_checkpoints(pre.out)[-1]
+        pre_args = (f"method_args={{n_negatives: {B['n_negatives']}, cma_k: {B['cma_k']}, "
+                    f"cma_start_epoch: {B['base_epochs'] // 2}}}")
+        pre = train_in_process(None, [*common, 'method=avid_cma', pre_args], train_set=data['base'])
+        ckpt = sorted(Path(pre.out).glob('ckpt_*.pt'))[-1]           # the last checkpoint: the pretrained model
         cont = [o for o in toy_overrides(seed, dict(B, epochs=B['cont_epochs'], batch_size=32), COMPOUND_WORLD)
                 if not o.startswith('optim.lr')] + ['optim.lr=1e-3', 'optim.weight_decay=1e-5']
         acc, probe, models = {}, {}, {}
@@ -355,17 +343,14 @@ def compositional_runs(seed: int, budget: str = 'full', log=None) -> dict:
         for variant in VARIANTS:
             t0 = time.perf_counter()
             method = 'avid_cma' if variant is None else 'compositional'
-            cfg = E.load_config(
-                None,
-                [*cont, f'method={method}', 'method_args=' + continue_args(B, variant).replace('{ckpt}', str(ckpt))],
-            )
-            trainer = E.train(cfg, train_set=data['cont'], progress=False)
+            args = 'method_args=' + continue_args(B, variant).replace('{ckpt}', str(ckpt))
+            trainer = train_in_process(None, [*cont, f'method={method}', args], train_set=data['cont'])
             models[variant] = unwrap(trainer.model).eval()
             acc[variant], probe[variant] = ft(models[variant].video_encoder), lp(models[variant])
             if log: log(f"{variant_name(variant):10s} finetuned {acc[variant]:5.1f}, probe {probe[variant]:5.1f} "
                         f"({time.perf_counter() - t0:.0f} s)")
         seed_everything(seed)
-        rand = build_av_model(E.load_config(None, [*common, 'method=avid_cma'])).eval()
+        rand = build_av_model(pre.cfg).eval()                  # the pretraining's initial weights (same seed)
         pretrained = unwrap(pre.model).eval()
         out = dict(acc=acc, probe=probe, models=models, random_init=ft(rand.video_encoder), random_init_probe=lp(rand),
                    pretrained=ft(pretrained.video_encoder), pretrained_probe=lp(pretrained))
