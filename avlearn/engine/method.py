@@ -19,7 +19,7 @@ from .config import TrainConfig
 # %% auto #0
 __all__ = ['METHODS', 'CLAIMS', 'MethodArgs', 'parse_method_args', 'RunContext', 'Method', 'register_method', 'paper_modules',
            'available_methods', 'get_method', 'build_av_model', 'CrossModalNCEArgs', 'CrossModalNCE', 'Claim',
-           'register_claim', 'claims_of', 'claim_verdict', 'results_dir', 'show_results']
+           'register_claim', 'claims_of', 'claim_verdict', 'results_dir', 'show_results', 'train_in_process']
 
 # %% ../../nbs/engine/11_method.ipynb #9a2ec448
 @dataclass(frozen=True)
@@ -227,3 +227,12 @@ def show_results(paper: str, folder=None) -> str:
         lines.append(f"{name:<34}{paper_v:>9}{r['mean']:>14.3g} +- {r['std']:<7.2g}  {r['verdict']}{stale}")
     out = '\n'.join(lines); print(out)
     return out
+
+# %% ../../nbs/engine/11_method.ipynb #98d46fcf
+def train_in_process(config, train_set, overrides=(), test_set=None, out=None, progress: bool = False):
+    """Fit a method in this process on `train_set` with the engine's `train` (`config`: a TrainConfig, a YAML path, a
+    shipped config's name or None for the defaults, then `overrides`) and return the `Trainer` (its `model`, `method`,
+    `step`). `out=None` trains in a fresh temporary folder; an `out` holding a run resumes it. For paper modules, whose
+    claims and miniatures train through the engine but may import only this module of it."""
+    from .trainer import train      # imported late: the trainer imports this module
+    return train(config, out, overrides, train_set=train_set, test_set=test_set, progress=progress)
