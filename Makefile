@@ -52,7 +52,7 @@ readme: $(STAMP)
 	$(PY) tools/render_readme.py
 
 samples: $(STAMP)
-	$(VENV)/bin/avlearn-toyworld --out data_samples --n 24 --seed 0
+	$(VENV)/bin/avlearn-toyworld --out data_samples --n 24 --seed 0 --force
 
 bench: $(STAMP)
 	for b in benchmarks/*.py; do $(PY) $$b || exit 1; done

@@ -12,10 +12,13 @@ import torch.nn.functional as F
 from .core import check_tensor, check_range
 
 # %% auto #0
-__all__ = ['PROTOTYPE_SELECTIONS', 'KERNELS', 'VIDEO_MODES', 'APPROXIMATIONS', 'exact_attention', 'joint_attention',
+__all__ = ['CHUNK_ELEMENTS', 'PROTOTYPE_SELECTIONS', 'KERNELS', 'VIDEO_MODES', 'APPROXIMATIONS', 'ERROR_METHODS',
+           'TRIVIAL_BASELINES', 'TABLE_3B_ORDER', 'exact_attention', 'joint_attention', 'softmax_attend',
            'naive_video_attention', 'space_attention', 'time_attention', 'trajectory_attention', 'segment_means',
            'select_prototypes', 'orthoformer_attention', 'iterative_pinv', 'nystrom_attention', 'performer_features',
-           'performer_attention', 'attention', 'VideoAttention']
+           'favor_features', 'performer_attention', 'attention', 'VideoAttention', 'relative_error',
+           'mean_value_attention', 'subset_attention', 'clustered_qkv', 'sharpened_qkv', 'motionformer_qkv',
+           'approximation_errors', 'ordering_verdict', 'attention_diagnostics']
 
 # %% ../nbs/09_attention.ipynb #2cff4c36
 def _check_qkv(q, k, v):
@@ -32,12 +35,14 @@ def _check_qkv(q, k, v):
         raise ValueError(f"q and k must have the same last (feature) dimension, got {q.shape[-1]} and {k.shape[-1]}")
     if k.shape[-2] != v.shape[-2]:
         raise ValueError(f"k and v must have the same number of tokens (dim -2), got {k.shape[-2]} and {v.shape[-2]}")
-    if q.shape[-2] < 1 or k.shape[-2] < 1: raise ValueError(f"q and k need at least one token, got q {tuple(q.shape)}, k {tuple(k.shape)}")
+    if q.shape[-2] < 1 or k.shape[-2] < 1:
+        raise ValueError(f"q and k need at least one token, got q {tuple(q.shape)}, k {tuple(k.shape)}")
     return q.shape[-2], k.shape[-2], q.shape[-1]
 
 def _video_layout(n_tokens: int, n_frames, has_cls: bool, name: str = 'q') -> int:
     "Number of spatial tokens per frame S for `n_tokens` = has_cls + T*S; a clear error otherwise."
-    if not isinstance(n_frames, int) or n_frames < 1: raise ValueError(f"n_frames must be a positive int, got {n_frames!r}")
+    if not isinstance(n_frames, int) or n_frames < 1:
+        raise ValueError(f"n_frames must be a positive int, got {n_frames!r}")
     n = n_tokens - int(bool(has_cls))
     if n < n_frames or n % n_frames:
         raise ValueError(f"{name} has {n_tokens} tokens; expected {'1 class token + ' if has_cls else ''}n_frames * S "
@@ -54,6 +59,18 @@ def joint_attention(q, k, v, n_frames: int | None = None, has_cls: bool = True) 
     "Joint space-time attention (eq. 2): every token attends to every token of the clip (class token included)."
     if n_frames is not None: _video_layout(q.shape[-2], n_frames, has_cls)
     return exact_attention(q, k, v)
+
+CHUNK_ELEMENTS = 2 ** 15   # working set (elements) of one chunk in the chunked kernels: 128 KiB in float32
+
+def softmax_attend(a: torch.Tensor, b: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    "softmax(a b^T / sqrt(D)) x for a (..., n, D), b (..., r, D), x (..., r, Dx), never holding all n x r weights."
+    if x.shape[-1] == a.shape[-1]: return F.scaled_dot_product_attention(a, b, x)    # fused, memory-efficient
+    # the fused CPU kernel needs Dx = D (else it falls back to materialising n x r): chunks of rows instead
+    out, step = x.new_empty(*a.shape[:-1], x.shape[-1]), max(1, CHUNK_ELEMENTS // b.shape[-2])
+    for i in range(0, a.shape[-2], step):
+        weights = (a[..., i:i + step, :] @ b.transpose(-1, -2)).mul_(a.shape[-1] ** -0.5).softmax(-1)
+        out[..., i:i + step, :] = weights @ x
+    return out
 
 # %% ../nbs/09_attention.ipynb #4c15f3be
 def _softmax_pool(qi, ks, vs):
@@ -78,8 +95,12 @@ def naive_video_attention(q, k, v, n_frames: int, mode: str = 'joint', has_cls: 
             elif mode == 'time': idx = [0] * c + [tok(t2, s) for t2 in range(n_frames)]
             elif mode == 'trajectory':
                 # eq. 4: one spatial softmax per frame t' -> trajectory tokens y~_{st t'}
-                traj = torch.stack([_softmax_pool(q[i], [k[tok(t2, s2)] for s2 in range(S)], [v[tok(t2, s2)] for s2 in range(S)])
-                                    for t2 in range(n_frames)])
+                traj = torch.stack(
+                    [
+                        _softmax_pool(q[i], [k[tok(t2, s2)] for s2 in range(S)], [v[tok(t2, s2)] for s2 in range(S)])
+                        for t2 in range(n_frames)
+                    ]
+                )
                 q2 = traj[t] if proj_q is None else proj_q(traj[t])          # eq. 5
                 kv = torch.cat([traj, traj], -1) if proj_kv is None else proj_kv(traj)
                 k2, v2 = kv.chunk(2, -1)
@@ -102,7 +123,9 @@ def _with_cls(cls, x):
 
 def _grouped_attention(q, k, v, n_frames, has_cls, axis):
     _check_qkv(q, k, v)
-    cq, pq = _split_video(q, n_frames, has_cls); ck, pk = _split_video(k, n_frames, has_cls); cv, pv = _split_video(v, n_frames, has_cls)
+    cq, pq = _split_video(q, n_frames, has_cls)
+    ck, pk = _split_video(k, n_frames, has_cls)
+    cv, pv = _split_video(v, n_frames, has_cls)
     if axis == 'time': pq, pk, pv = (x.transpose(-3, -2) for x in (pq, pk, pv))      # groups = spatial locations
     out = F.scaled_dot_product_attention(pq, _with_cls(ck, pk), _with_cls(cv, pv))   # (..., G, L, D)
     if axis == 'time': out = out.transpose(-3, -2)
@@ -111,11 +134,13 @@ def _grouped_attention(q, k, v, n_frames, has_cls, axis):
     return out
 
 def space_attention(q, k, v, n_frames: int, has_cls: bool = True) -> torch.Tensor:
-    "Divided attention, space part (eq. 3 left): each patch query attends to the class token and the patches of its own frame."
+    """Divided attention, space part (eq. 3 left): each patch query attends to the class token and the patches of its
+    own frame."""
     return _grouped_attention(q, k, v, n_frames, has_cls, 'space')
 
 def time_attention(q, k, v, n_frames: int, has_cls: bool = True) -> torch.Tensor:
-    "Divided attention, time part (eq. 3 right): each patch query attends to the class token and its own location in every frame."
+    """Divided attention, time part (eq. 3 right): each patch query attends to the class token and its own location in
+    every frame."""
     return _grouped_attention(q, k, v, n_frames, has_cls, 'time')
 
 # %% ../nbs/09_attention.ipynb #2a13fcf6
@@ -123,7 +148,8 @@ def _to_heads(x, H):  # (..., T, H*D) -> (..., H, T, D) helper used by the traje
     return x.reshape(*x.shape[:-1], H, x.shape[-1] // H)
 
 def _trajectory_pool(traj, own, proj_q, proj_kv):
-    "Stage 2 (eqs. 5-6). traj (B, H, C, T, D) trajectory tokens, own (C,) reference frame of each query -> (B, H, C, D)."
+    """Stage 2 (eqs. 5-6). traj (B, H, C, T, D) trajectory tokens, own (C,) reference frame of each query -> (B, H, C,
+    D)."""
     B, H, C, T, D = traj.shape
     diag = traj[:, :, torch.arange(C, device=traj.device), own]                        # y~_{st t}: (B, H, C, D)
     if proj_q is None and proj_kv is None: q2, k2, v2 = diag, traj, traj
@@ -133,7 +159,8 @@ def _trajectory_pool(traj, own, proj_q, proj_kv):
         q2 = proj_q(diag.permute(0, 2, 1, 3).reshape(B, C, H * D))
         if q2.shape[-1] != H * D: raise ValueError(f"proj_q must map {H * D} -> {H * D} features, got {q2.shape[-1]}")
         kv = proj_kv(merged)
-        if kv.shape[-1] != 2 * H * D: raise ValueError(f"proj_kv must map {H * D} -> {2 * H * D} features, got {kv.shape[-1]}")
+        if kv.shape[-1] != 2 * H * D:
+            raise ValueError(f"proj_kv must map {H * D} -> {2 * H * D} features, got {kv.shape[-1]}")
         q2 = q2.reshape(B, C, H, D).transpose(1, 2)
         k2, v2 = (x.reshape(B, C, T, H, D).permute(0, 3, 1, 2, 4) for x in kv.chunk(2, -1))
     w = torch.einsum('bhcd,bhctd->bhct', q2, k2).mul_(D ** -0.5).softmax(-1)
@@ -147,26 +174,37 @@ def trajectory_attention(q, k, v, n_frames: int, has_cls: bool = True, proj_q: C
                          proj_kv: Callable | None = None, chunk_size: int | None = None, approx: str | None = None,
                          n_prototypes: int = 64, selection: str = 'orthogonal', shared_prototypes: bool = True,
                          oversample: int = 4, generator: torch.Generator | None = None) -> torch.Tensor:
-    "Trajectory attention (eqs. 4-6) on q/k/v (B, H, N, D) (or (N, D) / (H, N, D)); exact, or Orthoformer when `approx='orthoformer'`."
+    """Trajectory attention (eqs. 4-6) on q/k/v (B, H, N, D) (or (N, D) / (H, N, D)); exact, or Orthoformer when
+    `approx='orthoformer'`."""
     shape = q.shape; _check_qkv(q, k, v)
     q, k, v = _as_bhnd(q, 'q'), _as_bhnd(k, 'k'), _as_bhnd(v, 'v')
     if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
         raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
     if approx not in (None, 'orthoformer'):
         raise ValueError(f"approx for trajectory attention must be None (exact) or 'orthoformer', got {approx!r}")
-    cq, pq = _split_video(q, n_frames, has_cls); _, pk = _split_video(k, n_frames, has_cls); _, pv = _split_video(v, n_frames, has_cls)
+    cq, pq = _split_video(q, n_frames, has_cls)
+    _, pk = _split_video(k, n_frames, has_cls)
+    _, pv = _split_video(v, n_frames, has_cls)
     B, H, T, S, D = pq.shape
     pq = pq.reshape(B, H, T * S, D); scale = D ** -0.5
     own = torch.arange(T * S, device=q.device) // S                                      # reference frame of each query
     if approx == 'orthoformer':                                                          # eqs. 7-10 per frame
         if shared_prototypes:   # one prototype set P for all frames (from all patch queries and keys)
             P = select_prototypes(pq, pk.reshape(B, H, T * S, D), n_prototypes, selection, oversample, generator)
-            om2v = torch.einsum('bhrd,bhtsd->bhtrs', P, pk).mul_(scale).softmax(-1) @ pv  # S(P^T K_t') V_t': (B,H,T,R,D)
+            # S(P^T K_t') V_t': (B,H,T,R,D)
+            om2v = torch.einsum('bhrd,bhtsd->bhtrs', P, pk).mul_(scale).softmax(-1) @ pv
             om1 = (pq @ P.transpose(-1, -2)).mul_(scale).softmax(-1)                     # S(Q^T P): (B,H,N,R)
             stage1 = lambda sl: torch.einsum('bhcr,bhtrd->bhctd', om1[:, :, sl], om2v)
         else:                   # a separate prototype set for every frame t' (T times the memory of S(Q^T P))
-            P = torch.stack([select_prototypes(pq[:, :, t * S:(t + 1) * S], pk[:, :, t], n_prototypes, selection, oversample, generator)
-                             for t in range(T)], 2)                                      # (B,H,T,R,D)
+            P = torch.stack(
+                [
+                    select_prototypes(
+                        pq[:, :, t * S : (t + 1) * S], pk[:, :, t], n_prototypes, selection, oversample, generator
+                    )
+                    for t in range(T)
+                ],
+                2,
+            )  # (B,H,T,R,D)
             om2v = (P @ pk.transpose(-1, -2)).mul_(scale).softmax(-1) @ pv
             om1 = torch.einsum('bhnd,bhtrd->bhtnr', pq, P).mul_(scale).softmax(-1)      # (B,H,T,N,R)
             stage1 = lambda sl: torch.einsum('bhtcr,bhtrd->bhctd', om1[:, :, :, sl], om2v)
@@ -189,42 +227,53 @@ def segment_means(x: torch.Tensor, n_segments: int) -> torch.Tensor:
     if not isinstance(n_segments, int) or not 1 <= n_segments <= N:
         raise ValueError(f"n_segments must be an int in [1, {N}] (the number of tokens), got {n_segments!r}")
     if N % n_segments == 0: return x.reshape(*x.shape[:-2], n_segments, N // n_segments, x.shape[-1]).mean(-2)
-    seg = torch.arange(N, device=x.device) * n_segments // N
-    w = F.one_hot(seg, n_segments).to(x.dtype).T                                       # (R, N)
-    return (w / w.sum(1, keepdim=True)) @ x
+    seg = torch.arange(N, device=x.device) * n_segments // N                            # segment of every token
+    sums = x.new_zeros(*x.shape[:-2], n_segments, x.shape[-1]).index_add(-2, seg, x)   # O(R D) memory, not O(N R)
+    return sums / torch.bincount(seg, minlength=n_segments).to(x.dtype)[:, None]
 
 def select_prototypes(q: torch.Tensor, k: torch.Tensor, n_prototypes: int, selection: str = 'orthogonal',
                       oversample: int = 4, generator: torch.Generator | None = None) -> torch.Tensor:
-    "Choose R prototypes (..., R, D) from queries q (..., N, D) and keys k (..., M, D): Algorithm 1's most-orthogonal subset of c*R candidates, or random / segment means."
-    if selection not in PROTOTYPE_SELECTIONS: raise ValueError(f"selection must be one of {PROTOTYPE_SELECTIONS}, got {selection!r}")
-    if not isinstance(oversample, int) or oversample < 1: raise ValueError(f"oversample (c) must be a positive int, got {oversample!r}")
+    """Choose R prototypes (..., R, D) from queries q (..., N, D) and keys k (..., M, D): Algorithm 1's most-orthogonal
+    subset of c*R candidates, or random / segment means."""
+    if selection not in PROTOTYPE_SELECTIONS:
+        raise ValueError(f"selection must be one of {PROTOTYPE_SELECTIONS}, got {selection!r}")
+    if not isinstance(oversample, int) or oversample < 1:
+        raise ValueError(f"oversample (c) must be a positive int, got {oversample!r}")
     check_tensor(q, 'q', dtype='float', finite=False); check_tensor(k, 'k', dtype='float', finite=False)
     if q.ndim < 2 or k.ndim != q.ndim or q.shape[:-2] != k.shape[:-2] or q.shape[-1] != k.shape[-1]:
-        raise ValueError(f"q (..., N, D) and k (..., M, D) must share leading dimensions and D, got q {tuple(q.shape)}, k {tuple(k.shape)}")
+        raise ValueError(
+            f"q (..., N, D) and k (..., M, D) must share leading dimensions and D, got q {tuple(q.shape)}, k"
+            f" {tuple(k.shape)}"
+        )
     # Algorithm 1 picks prototypes from the union of the queries and keys (N + M vectors); segment means need N, M >= R
     M = q.shape[-2] + k.shape[-2]
     hi = M if selection != 'segment_means' else min(q.shape[-2], k.shape[-2])
     if not isinstance(n_prototypes, int) or not 1 <= n_prototypes <= hi:
-        raise ValueError(f"n_prototypes must be an int in [1, {hi}] ({'queries + keys' if selection != 'segment_means' else 'min(queries, keys)'}) "
-                         f"for {q.shape[-2]} queries and {k.shape[-2]} keys with selection={selection!r}, got {n_prototypes!r}")
+        raise ValueError(
+            f"n_prototypes must be an int in [1, {hi}]"
+            f" ({'queries + keys' if selection != 'segment_means' else 'min(queries, keys)'}) for {q.shape[-2]}"
+            f" queries and {k.shape[-2]} keys with selection={selection!r}, got {n_prototypes!r}"
+        )
     if selection == 'segment_means': return 0.5 * (segment_means(q, n_prototypes) + segment_means(k, n_prototypes))
-    R, m = n_prototypes, min(M, oversample * n_prototypes)
-    # c*R random candidates (without replacement when that is cheap, else with: a repeat has |cos| = 1 and is never re-picked)
-    idx = (torch.randperm(M, generator=generator)[:m] if m == M or M <= 4096 else
+    R, m = n_prototypes, (n_prototypes if selection == 'random' else min(M, oversample * n_prototypes))
+    # random: R distinct queries / keys. orthogonal: c*R random candidates (without replacement when that is cheap,
+    # else with: a repeat has |cos| = 1 to its twin and is never picked twice)
+    idx = (torch.randperm(M, generator=generator)[:m] if m == M or M <= 4096 or selection == 'random' else
            torch.randint(M, (m,), generator=generator)).to(q.device)
     nq = q.shape[-2]; iq, ik = idx[idx < nq], idx[idx >= nq] - nq
     cand = torch.cat([q.index_select(-2, iq), k.index_select(-2, ik)], -2)
-    cand = cand[..., torch.randperm(m, generator=generator).to(q.device), :]            # random order: cand[0] is a random start
+    cand = cand[..., torch.randperm(m, generator=generator).to(q.device), :]  # random order: cand[0] is a random start
     if selection == 'random': return cand[..., :R, :]
-    with torch.no_grad():                                                               # the choice itself is not differentiated
+    with torch.no_grad():  # the choice itself is not differentiated
         u = F.normalize(cand.float(), dim=-1)
-        cos = (u @ u.transpose(-1, -2)).abs()                                           # (..., cR, cR): O(R^2), not O(N)
-        worst = cos[..., 0, :].clone(); worst[..., 0] = float('inf')                     # max |cos| to the chosen set; chosen = inf
+        abs_cos = lambda j: (u @ torch.take_along_dim(u, j[..., None], -2).transpose(-1, -2)).squeeze(-1).abs()
+        # |cos| of every candidate to the last pick, one (cR,) column at a time: O(cR) memory, not a cR x cR table
         picks = [torch.zeros(*u.shape[:-2], 1, dtype=torch.long, device=u.device)]
+        worst = abs_cos(picks[0]); worst[..., 0] = float('inf')           # max |cos| to the chosen set; chosen = inf
         for _ in range(R - 1):
-            j = worst.argmin(-1, keepdim=True)                                            # the most orthogonal candidate
+            j = worst.argmin(-1, keepdim=True)  # the most orthogonal candidate
             picks.append(j)
-            torch.maximum(worst, torch.take_along_dim(cos, j[..., None], -2).squeeze(-2), out=worst)
+            torch.maximum(worst, abs_cos(j), out=worst)
             worst.scatter_(-1, j, float('inf'))
         sel = torch.cat(picks, -1)
     return torch.gather(cand, -2, sel[..., None].expand(*sel.shape, cand.shape[-1]))
@@ -232,34 +281,48 @@ def select_prototypes(q: torch.Tensor, k: torch.Tensor, n_prototypes: int, selec
 def _check_prototypes(P, q):
     "Given prototypes P must be (..., R, D) with the queries' D and leading dimensions that broadcast to q's."
     D, lead = q.shape[-1], tuple(q.shape[:-2])
-    want = f"(..., R, {D}): R >= 1 prototypes of the queries' feature size D={D}, leading dimensions broadcastable to {lead}"
+    want = (
+        f"(..., R, {D}): R >= 1 prototypes of the queries' feature size D={D}, leading dimensions broadcastable to"
+        f" {lead}"
+    )
     check_tensor(P, 'prototypes', dtype='float')
-    if P.ndim < 2 or P.shape[-1] != D or P.shape[-2] < 1: raise ValueError(f"prototypes must have shape {want}, got {tuple(P.shape)}")
+    if P.ndim < 2 or P.shape[-1] != D or P.shape[-2] < 1:
+        raise ValueError(f"prototypes must have shape {want}, got {tuple(P.shape)}")
     try: ok = torch.broadcast_shapes(P.shape[:-2], lead) == lead
     except RuntimeError: ok = False
     if not ok: raise ValueError(f"prototypes must have shape {want}, got {tuple(P.shape)}")
     return P.to(q.device, q.dtype)
 
-def orthoformer_attention(q, k, v, n_prototypes: int = 64, selection: str = 'orthogonal', oversample: int = 4,
-                          generator: torch.Generator | None = None, prototypes: torch.Tensor | None = None) -> torch.Tensor:
-    "Orthoformer (eq. 10, Algorithm 1): S(Q P^T / sqrt D) (S(P K^T / sqrt D) V) with prototypes P chosen by `select_prototypes` (or given)."
+def orthoformer_attention(
+    q,
+    k,
+    v,
+    n_prototypes: int = 64,
+    selection: str = 'orthogonal',
+    oversample: int = 4,
+    generator: torch.Generator | None = None,
+    prototypes: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Orthoformer (eq. 10, Algorithm 1): S(Q P^T / sqrt D) (S(P K^T / sqrt D) V) with prototypes P chosen by
+    `select_prototypes` (or given)."""
     _, _, D = _check_qkv(q, k, v)
-    if prototypes is None: P = select_prototypes(q, k, n_prototypes, selection, oversample, generator)
-    else: P = _check_prototypes(prototypes, q)
-    om1 = (q @ P.transpose(-1, -2)).mul_(D ** -0.5).softmax(-1)                          # (..., N, R)
-    om2 = (P @ k.transpose(-1, -2)).mul_(D ** -0.5).softmax(-1)                          # (..., R, M)
-    return om1 @ (om2 @ v)
+    if prototypes is None:
+        P = select_prototypes(q, k, n_prototypes, selection, oversample, generator)
+    else:
+        P = _check_prototypes(prototypes, q).expand(*q.shape[:-2], *prototypes.shape[-2:])
+    return softmax_attend(q, P, softmax_attend(P, k, v))  # Omega_1 (Omega_2 V)
 
 # %% ../nbs/09_attention.ipynb #1440b563
 def iterative_pinv(a: torch.Tensor, n_iter: int = 6) -> torch.Tensor:
     "Moore-Penrose pseudo-inverse of square (..., R, R) matrices by the Nyströmformer iteration (Razavi et al.)."
     check_tensor(a, 'a', dtype='float', finite=True)
     if a.ndim < 2 or a.shape[-1] != a.shape[-2]: raise ValueError(f"a must be square (..., R, R), got {tuple(a.shape)}")
-    I = torch.eye(a.shape[-1], device=a.device, dtype=a.dtype)
+    def c_minus(c, x):   # c I - x, in place on x (a fresh product): no identity matrix and no extra R x R temporaries
+        x.neg_().diagonal(dim1=-2, dim2=-1).add_(c); return x
     z = a.transpose(-1, -2) / (a.abs().sum(-2).amax(-1) * a.abs().sum(-1).amax(-1))[..., None, None]
-    for _ in range(n_iter):
+    for _ in range(n_iter):   # Z <- Z (13 I - AZ (15 I - AZ (7 I - AZ))) / 4
         az = a @ z
-        z = 0.25 * z @ (13 * I - az @ (15 * I - az @ (7 * I - az)))
+        z = (z @ c_minus(13, az @ c_minus(15, az @ c_minus(7, az.clone())))).mul_(0.25)
     return z
 
 def nystrom_attention(q, k, v, n_landmarks: int = 64, n_iter: int = 6) -> torch.Tensor:
@@ -268,39 +331,73 @@ def nystrom_attention(q, k, v, n_landmarks: int = 64, n_iter: int = 6) -> torch.
     if not isinstance(n_landmarks, int) or not 1 <= n_landmarks <= min(N, M):
         raise ValueError(f"n_landmarks must be an int in [1, {min(N, M)}], got {n_landmarks!r}")
     pq, pk = segment_means(q, n_landmarks), segment_means(k, n_landmarks)
-    s = D ** -0.5
-    om1 = (q @ pk.transpose(-1, -2)).mul_(s).softmax(-1)
-    om2 = iterative_pinv((pq @ pk.transpose(-1, -2)).mul_(s).softmax(-1), n_iter)
-    om3 = (pq @ k.transpose(-1, -2)).mul_(s).softmax(-1)
-    return om1 @ (om2 @ (om3 @ v))
+    kernel = (pq @ pk.transpose(-1, -2)).mul_(D ** -0.5).softmax(-1)            # S(Pq Pk^T / sqrt D): (..., R, R)
+    z = iterative_pinv(kernel, n_iter) @ softmax_attend(pq, k, v)                 # Omega_2^+ (Omega_3 V): (..., R, Dv)
+    del kernel, pq                                                                 # not held during the last step
+    return softmax_attend(q, pk, z)                                                # Omega_1 (...), never N x R at once
 
-def performer_features(n_features: int, dim: int, generator: torch.Generator | None = None, orthogonal: bool = True) -> torch.Tensor:
-    "Random projection W (n_features, dim) for FAVOR+: Gaussian rows, orthogonalised in blocks of `dim`, with chi-distributed norms."
-    if not isinstance(n_features, int) or n_features < 1: raise ValueError(f"n_features must be a positive int, got {n_features!r}")
+def performer_features(
+    n_features: int, dim: int, generator: torch.Generator | None = None, orthogonal: bool = True
+) -> torch.Tensor:
+    """Random projection W (n_features, dim) for FAVOR+: Gaussian rows, or (orthogonal) uniformly random orthogonal
+    blocks of `dim` rows with chi-distributed norms."""
+    if not isinstance(n_features, int) or n_features < 1:
+        raise ValueError(f"n_features must be a positive int, got {n_features!r}")
     g = torch.randn(n_features, dim, generator=generator)
-    if not orthogonal: return g
-    blocks = [torch.linalg.qr(torch.randn(dim, dim, generator=generator))[0].T for _ in range(-(-n_features // dim))]
-    return torch.cat(blocks)[:n_features] * g.norm(dim=1, keepdim=True)
+    if not orthogonal:
+        return g
+    q, r = torch.linalg.qr(torch.randn(-(-n_features // dim), dim, dim, generator=generator))  # one QR per block
+    # Uniformly random (Haar) orthogonal blocks need the signs of R's diagonal folded into Q: Householder QR alone
+    # returns Q[0, 0] < 0 always, so the directions, and the kernel estimate, would be biased.
+    blocks = (q * r.diagonal(dim1=-2, dim2=-1).sign()[..., None, :]).mT  # rows orthonormal
+    return blocks.reshape(-1, dim)[:n_features] * g.norm(dim=1, keepdim=True)  # chi(dim) row norms
+
+def _favor_logits(x, W): return x @ W.transpose(-1, -2) - x.pow(2).sum(-1, keepdim=True) / 2   # w.x - |x|^2 / 2
+
+def favor_features(x: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
+    """FAVOR+ positive random features phi(x) = m^-1/2 exp(W x - |x|^2/2) (..., n, m) of x (..., n, D) for W
+    (..., m, D): phi(x).phi(y) is an unbiased estimate of exp(x.y)."""
+    check_tensor(W, 'W', dtype='float'); check_tensor(x, 'x', dtype='float')
+    if W.ndim < 2 or W.shape[-1] != x.shape[-1]:
+        raise ValueError(f"W must have shape (..., m, {x.shape[-1]}) for x (..., n, {x.shape[-1]}), "
+                         f"got {tuple(W.shape)}")
+    return _favor_logits(x, W.to(x.dtype)).exp() / math.sqrt(W.shape[-2])
 
 def performer_attention(q, k, v, n_features: int = 256, generator: torch.Generator | None = None,
                         features: torch.Tensor | None = None) -> torch.Tensor:
-    "Performer FAVOR+ attention with positive (orthogonal) random features; linear in the number of tokens."
-    _, _, D = _check_qkv(q, k, v)
+    "Performer FAVOR+ attention with positive (orthogonal) random features; linear in the number of tokens, chunked."
+    (N, M, D), Dv = _check_qkv(q, k, v), v.shape[-1]
     if features is None: W = performer_features(n_features, D, generator)
     else:
         W = check_tensor(features, 'features', ndim=2, dtype='float')
         if W.shape[1] != D or W.shape[0] < 1:
-            raise ValueError(f"features must have shape (n_features, {D}): n_features >= 1 random projections of the "
-                             f"queries' feature size D={D} (as performer_features(n_features, {D}) makes), got {tuple(W.shape)}")
-    W = W.to(q.device, q.dtype); c = D ** -0.25
-    def phi(x, is_query):
-        proj = (c * x) @ W.T - (c * x).pow(2).sum(-1, keepdim=True) / 2
-        stab = proj.amax(-1, keepdim=True) if is_query else proj.amax((-1, -2), keepdim=True)
-        return torch.exp(proj - stab) / math.sqrt(W.shape[0])
-    fq, fk = phi(q, True), phi(k, False)
-    num = fq @ (fk.transpose(-1, -2) @ v)
-    den = fq @ fk.sum(-2).unsqueeze(-1)
-    return num / den.clamp_min(torch.finfo(den.dtype).tiny)   # den > 0; the clamp only guards underflow (-> 0, not NaN)
+            raise ValueError(
+                f"features must have shape (n_features, {D}): n_features >= 1 random projections of the "
+                f"queries' feature size D={D} (as performer_features(n_features, {D}) makes), got {tuple(W.shape)}"
+            )
+    c, step = D ** -0.25, max(1, CHUNK_ELEMENTS // max(W.shape[0], D, Dv)); W = W.to(q.device, q.dtype).T
+    def logits(x):   # (c x) W^T - |c x|^2 / 2 for a chunk, in place on the fresh product: one (step, m) tensor
+        return (x @ W).mul_(c).sub_(torch.linalg.vector_norm(x, dim=-1, keepdim=True).square().mul_(c * c / 2))
+    # Keys, chunk by chunk: kv = phi(K)^T V (m, Dv) and ks = phi(K)^T 1 (m,). Stabiliser: exp(. - top), top the running
+    # maximum of the logits over all keys so far; a constant for all keys, it cancels in the ratio below.
+    kv = ks = top = 0
+    for i in range(0, M, step):
+        lk = logits(k[..., i:i + step, :])
+        new = lk.detach().amax((-1, -2), keepdim=True)
+        if i: new = torch.maximum(top, new)
+        decay = (top - new).exp() if i else 1                                               # rescales the sums so far
+        fk = lk.sub_(new).exp_()
+        kv = kv * decay + fk.transpose(-1, -2) @ v[..., i:i + step, :]
+        ks = ks * (decay[..., 0] if i else 1) + fk.sum(-2)
+        top = new
+    # Queries, chunk by chunk; stabiliser: each query's own maximum (a constant per row, it cancels in the ratio too)
+    out = v.new_empty(*q.shape[:-1], Dv)
+    for i in range(0, N, step):
+        lq = logits(q[..., i:i + step, :])
+        fq = lq.sub_(lq.detach().amax(-1, keepdim=True)).exp_()
+        den = (fq @ ks.unsqueeze(-1)).clamp_min(torch.finfo(fq.dtype).tiny)          # > 0; the clamp guards underflow
+        out[..., i:i + step, :] = (fq @ kv) / den
+    return out
 
 # %% ../nbs/09_attention.ipynb #10c63637
 KERNELS = {'exact': exact_attention, 'joint': joint_attention, 'space': space_attention, 'time': time_attention,
@@ -308,7 +405,8 @@ KERNELS = {'exact': exact_attention, 'joint': joint_attention, 'space': space_at
            'performer': performer_attention}
 
 def attention(q, k, v, kernel: str = 'exact', **kwargs) -> torch.Tensor:
-    "Attention with an interchangeable kernel: one of `KERNELS` (exact, joint, space, time, trajectory, orthoformer, nystrom, performer)."
+    """Attention with an interchangeable kernel: one of `KERNELS` (exact, joint, space, time, trajectory, orthoformer,
+    nystrom, performer)."""
     if kernel not in KERNELS: raise ValueError(f"kernel must be one of {tuple(KERNELS)}, got {kernel!r}")
     return KERNELS[kernel](q, k, v, **kwargs)
 
@@ -326,15 +424,18 @@ class VideoAttention(nn.Module):
             raise ValueError(f"dim must be a positive multiple of heads, got dim={dim!r}, heads={heads!r}")
         if mode not in VIDEO_MODES: raise ValueError(f"mode must be one of {VIDEO_MODES}, got {mode!r}")
         if approx not in APPROXIMATIONS: raise ValueError(f"approx must be one of {APPROXIMATIONS}, got {approx!r}")
-        if approx is not None and mode == 'divided': raise ValueError("approx is only supported for mode 'joint' or 'trajectory'")
+        if approx is not None and mode == 'divided':
+            raise ValueError("approx is only supported for mode 'joint' or 'trajectory'")
         if mode == 'trajectory' and approx not in (None, 'orthoformer'):
             raise ValueError(f"trajectory attention supports approx=None or 'orthoformer', got {approx!r}")
-        if selection not in PROTOTYPE_SELECTIONS: raise ValueError(f"selection must be one of {PROTOTYPE_SELECTIONS}, got {selection!r}")
+        if selection not in PROTOTYPE_SELECTIONS:
+            raise ValueError(f"selection must be one of {PROTOTYPE_SELECTIONS}, got {selection!r}")
         self.dim, self.heads, self.mode, self.approx = dim, heads, mode, approx
         self.n_prototypes, self.selection, self.shared_prototypes = n_prototypes, selection, shared_prototypes
         self.n_features, self.chunk_size = n_features, chunk_size
         self.qkv, self.proj = nn.Linear(dim, 3 * dim, bias=qkv_bias), nn.Linear(dim, dim)
-        if mode == 'trajectory': self.proj_q, self.proj_kv = nn.Linear(dim, dim, bias=qkv_bias), nn.Linear(dim, 2 * dim, bias=qkv_bias)
+        if mode == 'trajectory':
+            self.proj_q, self.proj_kv = nn.Linear(dim, dim, bias=qkv_bias), nn.Linear(dim, 2 * dim, bias=qkv_bias)
         if mode == 'divided': self.qkv_t, self.proj_t = nn.Linear(dim, 3 * dim, bias=qkv_bias), nn.Linear(dim, dim)
 
     def _heads(self, x, qkv):
@@ -357,8 +458,20 @@ class VideoAttention(nn.Module):
             return upd + self.proj(self._merge(space_attention(q, k, v, n_frames, has_cls)))
         q, k, v = self._heads(x, self.qkv)
         if self.mode == 'trajectory':
-            y = trajectory_attention(q, k, v, n_frames, has_cls, self.proj_q, self.proj_kv, self.chunk_size, self.approx,
-                                     self.n_prototypes, self.selection, self.shared_prototypes)
+            y = trajectory_attention(
+                q,
+                k,
+                v,
+                n_frames,
+                has_cls,
+                self.proj_q,
+                self.proj_kv,
+                self.chunk_size,
+                self.approx,
+                self.n_prototypes,
+                self.selection,
+                self.shared_prototypes,
+            )
         elif self.approx == 'orthoformer': y = orthoformer_attention(q, k, v, self.n_prototypes, self.selection)
         elif self.approx == 'nystrom': y = nystrom_attention(q, k, v, self.n_prototypes)
         elif self.approx == 'performer': y = performer_attention(q, k, v, self.n_features)
@@ -369,6 +482,123 @@ class VideoAttention(nn.Module):
         "Stage-1 attention of patch token `query` over every frame (eq. 4's per-frame spatial softmax): (B, H, T, S)."
         q, k = self.qk(x); c = int(has_cls)
         S = _video_layout(x.shape[1], n_frames, has_cls, 'x')
-        if not 0 <= query < n_frames * S: raise ValueError(f"query must index a patch token in [0, {n_frames * S}), got {query}")
+        if not 0 <= query < n_frames * S:
+            raise ValueError(f"query must index a patch token in [0, {n_frames * S}), got {query}")
         kp = k[:, :, c:].reshape(*k.shape[:2], n_frames, S, k.shape[-1])
         return torch.einsum('bhd,bhtsd->bhts', q[:, :, c + query], kp).mul(k.shape[-1] ** -0.5).softmax(-1)
+
+# %% ../nbs/09_attention.ipynb #a4219425
+def relative_error(approx: torch.Tensor, exact: torch.Tensor) -> float:
+    "||approx - exact||_F / ||exact||_F over all entries (0: exact; 1: as far as returning zeros)."
+    check_tensor(approx, 'approx', shape=tuple(exact.shape)); check_tensor(exact, 'exact', dtype='float')
+    return ((approx.double() - exact.double()).norm() / exact.double().norm().clamp_min(1e-300)).item()
+
+def mean_value_attention(q, k, v) -> torch.Tensor:
+    "Trivial baseline: every query gets the mean of the values (attention with uniform rows), (..., N, Dv)."
+    _check_qkv(q, k, v)
+    return v.mean(-2, keepdim=True).expand(*q.shape[:-1], v.shape[-1])
+
+def subset_attention(q, k, v, n_keys: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    "Trivial baseline: exact attention over `n_keys` keys (and their values) drawn at random without replacement."
+    _, M, _ = _check_qkv(q, k, v)
+    if not isinstance(n_keys, int) or not 1 <= n_keys <= M:
+        raise ValueError(f"n_keys must be an int in [1, {M}], got {n_keys!r}")
+    idx = torch.randperm(M, generator=generator)[:n_keys].to(k.device)
+    return softmax_attend(q, k.index_select(-2, idx), v.index_select(-2, idx))
+
+ERROR_METHODS = {   # name -> f(q, k, v, R, generator): each approximation at budget R, then the two trivial baselines
+    'Orthoformer (orthogonal)': lambda q, k, v, R, g: orthoformer_attention(q, k, v, R, 'orthogonal', generator=g),
+    'Orthoformer (random)': lambda q, k, v, R, g: orthoformer_attention(q, k, v, R, 'random', generator=g),
+    'Orthoformer (segment means)': lambda q, k, v, R, g: orthoformer_attention(q, k, v, R, 'segment_means',
+                                                                               generator=g),
+    'Nystromformer': lambda q, k, v, R, g: nystrom_attention(q, k, v, R),
+    'Performer': lambda q, k, v, R, g: performer_attention(q, k, v, R, generator=g),
+    'random subset of keys': lambda q, k, v, R, g: subset_attention(q, k, v, R, g),
+    'mean of v': lambda q, k, v, R, g: mean_value_attention(q, k, v),
+}
+TRIVIAL_BASELINES = ('random subset of keys', 'mean of v')
+TABLE_3B_ORDER = tuple(f'Orthoformer ({s})' for s in ('orthogonal', 'random', 'segment means'))   # paper: best first
+
+# %% ../nbs/09_attention.ipynb #35c0b2c5
+def clustered_qkv(n_tokens: int, dim: int = 64, n_clusters: int = 16, spread: float = 0.3,
+                  generator: torch.Generator | None = None) -> tuple:
+    "q = k: tokens near `n_clusters` Gaussian centres (noise `spread` a coordinate); v Gaussian; each (1, 1, N, dim)."
+    centres = torch.randn(n_clusters, dim, generator=generator)
+    members = torch.randint(n_clusters, (n_tokens,), generator=generator)                   # drawn before the noise
+    x = centres[members] + spread * torch.randn(n_tokens, dim, generator=generator)
+    return x[None, None], x[None, None], torch.randn(1, 1, n_tokens, dim, generator=generator)
+
+def sharpened_qkv(n_tokens: int, dim: int = 64, sharpen: float = 2.0,
+                  generator: torch.Generator | None = None) -> tuple:
+    "Gaussian q, k times `sharpen` (logits x sharpen^2: a query attends to few keys); v Gaussian; each (1, 1, N, dim)."
+    q, k, v = torch.randn(3, 1, 1, n_tokens, dim, generator=generator).unbind(0)
+    return q * sharpen, k * sharpen, v
+
+def motionformer_qkv(fixture, n_tokens: int, layer: int = -1, seed: int = 0, build: Callable = None) -> tuple:
+    """Per-head q, k, v (1, H, n_tokens, D) of block `layer` of the Motionformer saved in `fixture`, on held-out
+    toy-world clips: the patch tokens of consecutive clips, one after another. `build(**kwargs)` makes the model from
+    the fixture's settings (`avlearn.papers.motionformer.motionformer`: a foundation does not import a paper)."""
+    if not callable(build):
+        raise TypeError("build must be the model's constructor, e.g. avlearn.papers.motionformer.motionformer")
+    from avlearn.data import ToyWorld, ToyWorldConfig
+    fx = torch.load(fixture, weights_only=True)
+    model = build(**fx['model']).eval()
+    model.load_state_dict({name: t.float() for name, t in fx['state'].items()})
+    per_clip = model.T * model.S
+    world = ToyWorld(ToyWorldConfig(**fx['world']), n=-(-n_tokens // per_clip), seed=fx['eval_seed'] + seed)
+    with torch.no_grad():
+        x = model.tokens(world.batch(range(len(world)))['video'])
+        blocks = list(model.blocks)
+        for blk in blocks[:range(len(blocks))[layer]]: x = blk(x, model.T)
+        attn = blocks[layer].attn
+        qkv = attn._heads(blocks[layer].norm1(x), attn.qkv)                               # 3 x (clips, H, 1 + T*S, D)
+    # drop the class tokens, put the clips one after another: (1, H, clips * T * S, D), the first n_tokens
+    return tuple(t[:, :, 1:].transpose(0, 1).reshape(1, t.shape[1], -1, t.shape[-1])[:, :, :n_tokens].contiguous()
+                 for t in qkv)
+
+# %% ../nbs/09_attention.ipynb #651577a9
+def approximation_errors(make_inputs: Callable, Rs, seeds=(0, 1, 2), methods: dict | None = None):
+    """Long table (method, R, seed, error): the relative error against exact attention of each of `methods` (default
+    `ERROR_METHODS`) on the inputs `make_inputs(seed)`, at every R."""
+    import pandas as pd
+    methods, rows = methods or ERROR_METHODS, []
+    for s in seeds:
+        q, k, v = make_inputs(s)
+        ref = exact_attention(q, k, v)
+        for R in Rs:
+            for name, fn in methods.items():
+                approx = fn(q, k, v, R, torch.Generator().manual_seed(1000 * s + R))
+                rows.append((name, R, s, relative_error(approx, ref)))
+    return pd.DataFrame(rows, columns=['method', 'R', 'seed', 'error'])
+
+def ordering_verdict(errors, order, R: int, n_sigma: float = 2.0) -> tuple:
+    """Does `order` (method names, lowest error first) hold at R? For each consecutive pair, the mean over seeds of the
+    paired error difference against `n_sigma` standard errors. Returns (verdict, [(pair, mean diff, std error)])."""
+    e = errors[errors.R == R].pivot(index='seed', columns='method', values='error')
+    if len(e) < 2: return 'one seed: no noise estimate', []
+    steps, signs = [], []
+    for a, b in zip(order, order[1:]):
+        d = e[a] - e[b]                                                                   # < 0: a has the lower error
+        mean, se = d.mean(), d.std(ddof=1) / math.sqrt(len(d))
+        steps.append((f'{a} < {b}', mean, se))
+        signs.append(-1 if mean < -n_sigma * se else 1 if mean > n_sigma * se else 0)
+    verdict = ('holds' if all(s < 0 for s in signs) else 'contradicted' if any(s > 0 for s in signs)
+               else 'not separated')
+    return verdict, steps
+
+# %% ../nbs/09_attention.ipynb #6f907038
+def attention_diagnostics(q, k, v, R: int = 128, generator: torch.Generator | None = None) -> dict:
+    """Where approximations break, for the first batch row and head of q, k, v (..., N, D): keys per query (median row
+    perplexity), the rank holding 90% of the exact attention matrix's energy, Orthoformer-R's mean row cosine and norm
+    ratio to exact attention, and Performer's predicted relative std of one kernel estimate at m = R."""
+    N, _, D = _check_qkv(q, k, v)
+    q, k, v = (x.reshape(-1, *x.shape[-2:])[0].double() for x in (q, k, v))   # one head, float64: e^|x+y|^2 is large
+    A = (q @ k.T / math.sqrt(D)).softmax(-1)                                    # exact attention matrix (N, M)
+    energy = torch.linalg.svdvals(A.float()).double().square().cumsum(0)                 # float32 SVD: 4x faster
+    y, yo = A @ v, orthoformer_attention(q, k, v, R, generator=generator)
+    x2 = ((q + k[A.argmax(-1)]) ** 2).sum(-1) / math.sqrt(D)                    # |q' + k'|^2, q' = q / D^(1/4)
+    return {'keys per query': (-(A * A.clamp_min(1e-300).log()).sum(-1)).exp().median().item(),
+            'rank 90%': int((energy < 0.9 * energy[-1]).sum()) + 1,
+            'Orthoformer cos': F.cosine_similarity(yo, y, dim=-1).mean().item(),
+            'Orthoformer norm ratio': (yo.norm(dim=-1) / y.norm(dim=-1)).mean().item(),
+            'Performer relative std': ((x2.median().exp() - 1) / R).sqrt().item()}

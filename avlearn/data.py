@@ -9,7 +9,7 @@ __all__ = ['ACTIONS', 'SHAPES', 'COLOURS', 'COLOUR_NOTES', 'SIZES', 'SCENES', 'C
 
 # %% ../nbs/01_data.ipynb #998638eb
 # (no `from __future__ import annotations`: fastcore.script reads the Param annotations at run time)
-import csv, math, os, time
+import csv, math, os, sys, time
 from dataclasses import dataclass, field, asdict, replace
 from pathlib import Path
 from typing import Sequence
@@ -58,6 +58,7 @@ class ToyWorldConfig:
     scenes: tuple = tuple(SCENES)
     n_distractors: int = 0             # silent objects that move linearly
     camera_pan: bool = False           # the camera pans: background and objects shift together
+    camera_drift: float = 0.0          # the view drifts up to this many frame widths per clip, wrapping around
     video_noise: float = 0.0           # std of Gaussian pixel noise
     audio_noise: float = 0.0           # std of Gaussian waveform noise
     ambient_level: float = 0.15        # loudness of the scene's ambient sound
@@ -71,7 +72,8 @@ class ToyWorldConfig:
     def __post_init__(self):
         for name in ('n_frames', 'size', 'sample_rate'):
             v = getattr(self, name)
-            if not isinstance(v, (int, np.integer)) or v < 1: raise ValueError(f"{name} must be a positive int, got {v!r}")
+            if not isinstance(v, (int, np.integer)) or v < 1:
+                raise ValueError(f"{name} must be a positive int, got {v!r}")
         if self.n_frames < 4: raise ValueError(f"n_frames must be at least 4, got {self.n_frames}")
         if self.size < 16: raise ValueError(f"size must be at least 16 pixels, got {self.size}")
         check_range(self.fps, 'fps', 0, lo_open=True)
@@ -79,14 +81,21 @@ class ToyWorldConfig:
                               ('scenes', tuple(SCENES)), ('activities', tuple(COMPOUND_ACTIVITIES))):
             v = tuple(getattr(self, name)); setattr(self, name, v)
             bad = [x for x in v if x not in allowed]
-            if not v or bad: raise ValueError(f"{name} must be a non-empty subset of {allowed}, got unknown {bad or 'empty'}")
-        if self.balance not in ('uniform', 'zipf'): raise ValueError(f"balance must be 'uniform' or 'zipf', got {self.balance!r}")
+            if not v or bad:
+                raise ValueError(f"{name} must be a non-empty subset of {allowed}, got unknown {bad or 'empty'}")
+        if self.balance not in ('uniform', 'zipf'):
+            raise ValueError(f"balance must be 'uniform' or 'zipf', got {self.balance!r}")
         check_range(self.zipf_exponent, 'zipf_exponent', 0)
         check_range(self.asr_error_rate, 'asr_error_rate', 0, 1)
         check_range(self.video_noise, 'video_noise', 0); check_range(self.audio_noise, 'audio_noise', 0)
-        if not isinstance(self.n_distractors, (int, np.integer)) or isinstance(self.n_distractors, bool) or self.n_distractors < 0:
+        if (
+            not isinstance(self.n_distractors, (int, np.integer))
+            or isinstance(self.n_distractors, bool)
+            or self.n_distractors < 0
+        ):
             raise ValueError(f"n_distractors must be an int >= 0, got {self.n_distractors!r}")
         check_range(self.ambient_level, 'ambient_level', 0, 1)
+        check_range(self.camera_drift, 'camera_drift', 0)
         bad = [l for l in self.languages if l not in LEXICON]
         if bad: raise ValueError(f"languages must be among {tuple(LEXICON)}, got {bad}")
 
@@ -156,7 +165,8 @@ def _reflect(v, lo=_MARGIN, hi=1 - _MARGIN):
     return lo + np.where(u > span, 2 * span - u, u)
 
 def _trajectory(action: str, n: int, state: dict, rng: np.random.Generator, length: float):
-    "Per-frame (x, y, scale, alpha, loudness, pitch, impacts) of `action` over `n` frames from `state`; `length` = n / n_frames."
+    """Per-frame (x, y, scale, alpha, loudness, pitch, impacts) of `action` over `n` frames from `state`; `length` = n /
+    n_frames."""
     u = np.arange(n) / max(n - 1, 1)                      # 0..1 over the segment
     x0, y0, s0 = state['x'], state['y'], state['s']
     x, y, s = np.full(n, x0), np.full(n, y0), np.full(n, s0)
@@ -200,7 +210,11 @@ def _trajectory(action: str, n: int, state: dict, rng: np.random.Generator, leng
         loud = 0.12 + 0.88 * g                                # ... and quiet
     else:
         raise ValueError(f"unknown action {action!r}; expected one of {ACTIONS}")
-    state = dict(x=float(x[-1]), y=float(y[-1]), s=float(s[-1]) if action not in ('grow', 'shrink', 'approach', 'recede') else s0)
+    state = dict(
+        x=float(x[-1]),
+        y=float(y[-1]),
+        s=float(s[-1]) if action not in ('grow', 'shrink', 'approach', 'recede') else s0,
+    )
     return dict(x=x, y=y, s=s, alpha=alpha, loud=loud, pitch=pitch, impacts=impacts), state
 
 # %% ../nbs/01_data.ipynb #fc5ed0d8
@@ -219,6 +233,16 @@ def _texture(kind: str, X: np.ndarray, Y: np.ndarray, phase: float) -> np.ndarra
     if kind == 'checks': return ((np.floor(6 * X + phase) + np.floor(6 * Y)) % 2).astype(np.float32)
     if kind == 'dots': return (np.sin(2 * np.pi * 7 * X + phase) * np.sin(2 * np.pi * 7 * Y) > 0.85).astype(np.float32)
     raise ValueError(f"unknown texture {kind!r}")
+
+def _drift(frames: np.ndarray, distance: float, angle: float) -> np.ndarray:
+    """Frames (T, H, W, 3) seen by a camera that drifts `distance` frame widths over the clip in direction `angle`,
+    wrapping around: every scene texture has period 1 in x and y, so the toy world is a torus without seams."""
+    T, H = frames.shape[:2]
+    out = np.empty_like(frames)
+    for t in range(T):
+        d = distance * H * t / max(T - 1, 1)
+        out[t] = np.roll(frames[t], (int(round(d * np.sin(angle))), int(round(d * np.cos(angle)))), (0, 1))
+    return out
 
 def _render_video(cfg: ToyWorldConfig, f: dict, tr: dict, distractors: list, pan: np.ndarray) -> np.ndarray:
     "Frames (T, H, W, 3) float32 in [0, 1]."
@@ -267,7 +291,9 @@ def _render_audio(cfg: ToyWorldConfig, f: dict, tr: dict, rng: np.random.Generat
     loud = np.interp(t, t_frames, tr['loud']); pitch = np.interp(t, t_frames, tr['pitch'])
     f0 = COLOUR_NOTES[f['colour']] * (2.0 if f['size'] == 'small' else 1.0)
     phase = 2 * np.pi * np.cumsum(f0 * pitch) / sr + f['audio_phase']
-    voice = sum(w * np.sin((k + 1) * phase) for k, w in enumerate(TIMBRES[f['shape']]) if w and (k + 1) * f0 * 1.3 < sr / 2)
+    voice = sum(
+        w * np.sin((k + 1) * phase) for k, w in enumerate(TIMBRES[f['shape']]) if w and (k + 1) * f0 * 1.3 < sr / 2
+    )
     voice = voice / np.abs(voice).max() * loud
     click_len = int(0.03 * sr)
     env = np.exp(-np.arange(click_len) / (0.004 * sr))
@@ -291,7 +317,8 @@ def class_probabilities(n_classes: int, balance: str = 'uniform', exponent: floa
 
 def _segment_bounds(n_frames: int, n_seg: int, rng: np.random.Generator) -> list:
     "Random cut points giving `n_seg` segments of at least 3 frames each."
-    if n_frames < 3 * n_seg: raise ValueError(f"n_frames must be at least 3 per sub-action ({3 * n_seg}), got {n_frames}")
+    if n_frames < 3 * n_seg:
+        raise ValueError(f"n_frames must be at least 3 per sub-action ({3 * n_seg}), got {n_frames}")
     cuts = np.sort(rng.integers(0, n_frames - 3 * n_seg + 1, size=n_seg - 1))
     cuts = cuts + 3 * np.arange(1, n_seg)
     return [0, *cuts.tolist(), n_frames]
@@ -299,12 +326,16 @@ def _segment_bounds(n_frames: int, n_seg: int, rng: np.random.Generator) -> list
 # %% ../nbs/01_data.ipynb #f826b0af
 class ToyWorld(torch.utils.data.Dataset):
     "`n` seeded toy audio-visual clips; `world[i]` renders clip `i` (a dict of tensors, labels and narrations)."
-    def __init__(self, cfg: ToyWorldConfig | None = None, n: int = 512, seed: int = 0, cache: bool = False, **overrides):
+    def __init__(
+        self, cfg: ToyWorldConfig | None = None, n: int = 512, seed: int = 0, cache: bool = False, **overrides
+    ):
         cfg = cfg or ToyWorldConfig()
-        self.cache = {} if cache else None   # rendered clips (video as uint8) kept for the next epoch
+        self.cache = {} if cache else None  # rendered clips (video as uint8) kept for the next epoch
         self.cfg = replace(cfg, **overrides) if overrides else cfg
-        if not isinstance(n, (int, np.integer)) or n < 1: raise ValueError(f"n must be a positive int, got {n!r}")
-        if not isinstance(seed, (int, np.integer)) or seed < 0: raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+        if not isinstance(n, (int, np.integer)) or n < 1:
+            raise ValueError(f"n must be a positive int, got {n!r}")
+        if not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise ValueError(f"seed must be a non-negative int, got {seed!r}")
         self.n, self.seed = int(n), int(seed)
         self.factors = self._sample_factors(np.random.default_rng([self.seed, 0x70_7917]))
 
@@ -367,10 +398,23 @@ class ToyWorld(torch.utils.data.Dataset):
                else np.zeros(c.n_frames))
         distractors = []
         for _ in range(c.n_distractors):
-            d_tr, _ = _trajectory('linear', c.n_frames, dict(x=rng.uniform(0.2, 0.8), y=rng.uniform(0.2, 0.8), s=0.07), rng, 1.0)
+            d_tr, _ = _trajectory(
+                'linear', c.n_frames, dict(x=rng.uniform(0.2, 0.8), y=rng.uniform(0.2, 0.8), s=0.07), rng, 1.0
+            )
             grey = float(rng.uniform(0.3, 0.9))
-            distractors.append((c.shapes[rng.integers(len(c.shapes))], (grey, grey, grey), d_tr['x'], d_tr['y'], d_tr['s'], d_tr['alpha']))
+            distractors.append(
+                (
+                    c.shapes[rng.integers(len(c.shapes))],
+                    (grey, grey, grey),
+                    d_tr['x'],
+                    d_tr['y'],
+                    d_tr['s'],
+                    d_tr['alpha'],
+                )
+            )
         video = _render_video(c, f, tr, distractors, pan)
+        if c.camera_drift:   # drawn only when asked for, so worlds without drift stay as they were
+            video = _drift(video, c.camera_drift * rng.uniform(0.5, 1.0), rng.uniform(0, 2 * np.pi))
         if c.video_noise: video = video + c.video_noise * rng.standard_normal(video.shape).astype(np.float32)
         audio = _render_audio(c, f, tr, rng)
         narr = {l: asr_corrupt(describe(f, l), c.asr_error_rate, rng, l) for l in c.languages}
@@ -390,7 +434,7 @@ class ToyWorld(torch.utils.data.Dataset):
                    narrations=r['narrations'], caption=r['caption'])
         for task in TASKS: out[task] = self._label(self.factors[int(i) % self.n], task)
         if self.cache is not None:
-            out['video'] = (out['video'] * 255).round() / 255   # what the cache gives back, so every epoch sees the same
+            out['video'] = (out['video'] * 255).round() / 255  # what the cache gives back, so every epoch sees the same
             self.cache[i] = dict(out, video=(out['video'] * 255).round().to(torch.uint8))
         return out
 
@@ -422,25 +466,46 @@ def generation_speed(world: ToyWorld, n: int = 100) -> float:
 MANIFEST_COLUMNS = ('path', 'duration', *TASKS, 'action_name', 'object_name', 'scene_name', 'narration',
                     'narration_de', 'narration_fr', 'caption')
 
-def export_clips(world: ToyWorld, out_dir, indices: Sequence[int] | None = None, manifest: str = 'manifest.csv') -> Path:
+def export_clips(
+    world: ToyWorld, out_dir, indices: Sequence[int] | None = None, manifest: str = 'manifest.csv'
+) -> Path:
     "Write clips of `world` as mp4 files (H.264 + AAC) into `out_dir` with a CSV manifest; returns the manifest path."
     from avlearn.media import write_av_file
-    out_dir = Path(out_dir); out_dir.mkdir(parents=True, exist_ok=True)
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     indices = range(len(world)) if indices is None else indices
     rows = []
     for i in indices:
         item, r = world[i], world.render(i)
         name = f'clip_{i:05d}.mp4'
-        write_av_file(out_dir / name, (r['video'] * 255).round().astype(np.uint8), r['audio'], world.cfg.fps,
-                      world.cfg.sample_rate)
+        write_av_file(
+            out_dir / name,
+            (r['video'] * 255).round().astype(np.uint8),
+            r['audio'],
+            world.cfg.fps,
+            world.cfg.sample_rate,
+        )
         nar = item['narrations']
-        rows.append(dict(path=name, duration=f'{world.cfg.duration:g}', **{t: item[t] for t in TASKS},
-                         action_name=r['factors']['action'], object_name=r['factors']['shape'],
-                         scene_name=r['factors']['scene'], narration=nar.get('en', ''), narration_de=nar.get('de', ''),
-                         narration_fr=nar.get('fr', ''), caption=item['caption']))
+        rows.append(
+            dict(
+                path=name,
+                duration=f'{world.cfg.duration:g}',
+                **{t: item[t] for t in TASKS},
+                action_name=r['factors']['action'],
+                object_name=r['factors']['shape'],
+                scene_name=r['factors']['scene'],
+                narration=nar.get('en', ''),
+                narration_de=nar.get('de', ''),
+                narration_fr=nar.get('fr', ''),
+                caption=item['caption'],
+            )
+        )
     path = out_dir / manifest
     with open(path, 'w', newline='', encoding='utf-8') as fh:
-        w = csv.DictWriter(fh, fieldnames=MANIFEST_COLUMNS); w.writeheader(); w.writerows(rows)
+        w = csv.DictWriter(fh, fieldnames=MANIFEST_COLUMNS)
+        w.writeheader()
+        w.writerows(rows)
     return path
 
 # %% ../nbs/01_data.ipynb #16cf4071
@@ -452,9 +517,17 @@ def toyworld_cli(out: Param("output folder", str) = 'data_samples',
                  size: Param("frame size in pixels", int) = 64,
                  fps: Param("frames per second", float) = 16.0,
                  sample_rate: Param("audio sample rate", int) = 16000,
-                 compound: Param("compound activities instead of single actions", store_true) = False):
-    "Export a toy world as mp4 files with a CSV manifest."
+                 compound: Param("compound activities instead of single actions", store_true) = False,
+                 force: Param("overwrite an existing manifest (and clips) in out", store_true) = False) -> int:
+    """Export a toy world as mp4 files with a CSV manifest. Returns the exit status: 1 (and writes nothing) when `out`
+    already holds a manifest and `force` is not set."""
+    manifest = Path(out) / 'manifest.csv'
+    if manifest.exists() and not force:
+        print(f"avlearn-toyworld: error: {manifest} exists; pass --force to overwrite it and its clips",
+              file=sys.stderr)
+        return 1
     world = ToyWorld(ToyWorldConfig(n_frames=n_frames, size=size, fps=fps, sample_rate=sample_rate, compound=compound),
                      n=n, seed=seed)
     path = export_clips(world, out)
     print(f"wrote {n} clips and {path}")
+    return 0

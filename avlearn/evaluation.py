@@ -4,7 +4,7 @@
 
 # %% ../nbs/04_evaluation.ipynb #78655551
 from __future__ import annotations
-import copy, csv, math, re
+import copy, math, re
 from pathlib import Path
 import numpy as np
 import torch
@@ -25,27 +25,40 @@ def _check_labels(y, name, n, xname):
     if n and (y < 0).any(): raise ValueError(f"{name} must hold non-negative class indices, got min {int(y.min())}")
     return y
 
-def _check_features(x, y, xname, yname, clips=False, dim=None):
+def _check_features(x, y, xname, yname, clips=False, dim=None, like=None):
     "Features (N,D) (or (N,C,D) when `clips`) with N >= 1 rows, finite, and N labels."
     check_tensor(x, xname, ndim=(2, 3) if clips else 2, dtype='float')
     if x.shape[0] == 0: raise ValueError(f"{xname} is empty: at least one row is needed, got shape {tuple(x.shape)}")
     if x.ndim == 3 and x.shape[1] == 0: raise ValueError(f"{xname} has no clips, got shape {tuple(x.shape)}")
     if dim is not None and x.shape[-1] != dim:
-        raise ValueError(f"{xname} must have {dim} features (like the training/query set), got shape {tuple(x.shape)}")
+        raise ValueError(f"{xname} must have {dim} features (like {like or 'the training/query set'}), "
+                         f"got shape {tuple(x.shape)}")
     if y is not None: _check_labels(y, yname, x.shape[0], xname)
     return x
 
 def _check_classes_seen(train_y, test_y, test_name='test_y', train_name='train_y'):
     missing = sorted(set(test_y.tolist()) - set(train_y.tolist()))
-    if missing: raise ValueError(f"{test_name} has classes absent from {train_name}: {missing[:10]}{' ...' if len(missing) > 10 else ''}")
+    if missing:
+        raise ValueError(
+            f"{test_name} has classes absent from {train_name}: {missing[:10]}{' ...' if len(missing) > 10 else ''}"
+        )
 
 class _few_threads:
-    "Run small tensor work on one intra-op thread: for tiny full-batch problems the thread pool costs more than it gives (20x slower on a busy 2-core machine)."
+    """Run small tensor work on one intra-op thread: for tiny full-batch problems the thread pool costs more than it
+    gives (20x slower on a busy 2-core machine)."""
     def __init__(self, numel: int, limit: int = 2_000_000): self.small = numel <= limit
     def __enter__(self):
         self.n = torch.get_num_threads()
         if self.small: torch.set_num_threads(1)
     def __exit__(self, *exc): torch.set_num_threads(self.n)
+
+def _check_rate(value, name, lo_open=False):
+    "An optimiser setting (learning rate, weight decay): a finite number >= 0 (> 0 when `lo_open`)."
+    check_range(value, name, 0, lo_open=lo_open)
+    if not value <= torch.finfo(torch.float32).max:         # inf, or beyond what the optimiser's float32 can hold
+        raise ValueError(f"{name} must be a finite number (at most {torch.finfo(torch.float32).max:.3g}), "
+                         f"got {value!r}")
+    return value
 
 def average_clips(x: torch.Tensor) -> torch.Tensor:
     "Video-level features: the mean over the clip axis of (N,C,D); (N,D) is returned unchanged."
@@ -66,10 +79,11 @@ def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Ten
     (clips: train on every clip, test by mean softmax over clips). Returns 'accuracy' (video level),
     'clip_accuracy', 'train_accuracy' and 'probs'."""
     _check_features(train_x, train_y, 'train_x', 'train_y', clips=True)
-    _check_features(test_x, test_y, 'test_x', 'test_y', clips=True, dim=train_x.shape[-1])
+    _check_features(test_x, test_y, 'test_x', 'test_y', clips=True, dim=train_x.shape[-1],
+                    like=f'train_x {tuple(train_x.shape)}')
     _check_classes_seen(train_y, test_y)
     if not isinstance(epochs, int) or epochs < 1: raise ValueError(f"epochs must be a positive int, got {epochs!r}")
-    check_range(lr, 'lr', 0, lo_open=True); check_range(weight_decay, 'weight_decay', 0)
+    _check_rate(lr, 'lr', lo_open=True); _check_rate(weight_decay, 'weight_decay')
     d = train_x.shape[-1]
     xtr = train_x.detach().cpu().double().reshape(-1, d)
     ytr = train_y.cpu().long().repeat_interleave(train_x.shape[1]) if train_x.ndim == 3 else train_y.cpu().long()
@@ -86,34 +100,62 @@ def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Ten
             opt.zero_grad(); F.cross_entropy(head(xtr), ytr).backward(); opt.step()
     with torch.no_grad():
         probs = _clip_predict(head, xte)
+        if not (torch.isfinite(head.weight).all() and torch.isfinite(probs).all()):   # no accuracy computed from NaN
+            raise FloatingPointError(f"linear_probe: the head diverged to non-finite weights (lr={lr!r} too large?)")
         out = dict(accuracy=(probs.argmax(1) == yte).float().mean().item(),
                    train_accuracy=(head(xtr).argmax(1) == ytr).float().mean().item(), probs=probs)
-        out['clip_accuracy'] = ((head(xte.reshape(-1, d)).argmax(1) == yte.repeat_interleave(xte.shape[1])).float().mean().item()
-                                if xte.ndim == 3 else out['accuracy'])
+        out['clip_accuracy'] = (
+            (head(xte.reshape(-1, d)).argmax(1) == yte.repeat_interleave(xte.shape[1])).float().mean().item()
+            if xte.ndim == 3
+            else out['accuracy']
+        )
     return out
 
 # %% ../nbs/04_evaluation.ipynb #1472ab66
-def finetune(encoder: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
-             epochs: int = 10, lr: float = 1e-3, batch_size: int = 32, weight_decay: float = 0., seed: int = 0,
-             copy_encoder: bool = True) -> dict:
+def finetune(
+    encoder: nn.Module,
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    test_x: torch.Tensor,
+    test_y: torch.Tensor,
+    epochs: int = 10,
+    lr: float = 1e-3,
+    batch_size: int = 32,
+    weight_decay: float = 0.0,
+    seed: int = 0,
+    copy_encoder: bool = True,
+) -> dict:
     """Train `encoder` (inputs (B,*in) -> features (B,D)) plus a linear head on (train_x (N,*in), train_y); test on
     test_x (N,*in) or (N,C,*in) (mean softmax over C clips). Returns 'accuracy', 'clip_accuracy', 'losses', 'model'."""
-    if not isinstance(encoder, nn.Module): raise TypeError(f"encoder must be a torch.nn.Module, got {type(encoder).__name__}")
-    check_tensor(train_x, 'train_x', dtype='float'); check_tensor(test_x, 'test_x', dtype='float')
-    if train_x.shape[0] == 0 or test_x.shape[0] == 0: raise ValueError("train_x and test_x must be non-empty")
-    _check_labels(train_y, 'train_y', train_x.shape[0], 'train_x'); _check_labels(test_y, 'test_y', test_x.shape[0], 'test_x')
+    if not isinstance(encoder, nn.Module):
+        raise TypeError(f"encoder must be a torch.nn.Module, got {type(encoder).__name__}")
+    check_tensor(train_x, 'train_x', dtype='float')
+    check_tensor(test_x, 'test_x', dtype='float')
+    if train_x.shape[0] == 0 or test_x.shape[0] == 0:
+        raise ValueError("train_x and test_x must be non-empty")
+    _check_labels(train_y, 'train_y', train_x.shape[0], 'train_x')
+    _check_labels(test_y, 'test_y', test_x.shape[0], 'test_x')
     clips = test_x.ndim == train_x.ndim + 1
     if (test_x.shape[2:] if clips else test_x.shape[1:]) != train_x.shape[1:]:
-        raise ValueError(f"test_x must be (N, *{tuple(train_x.shape[1:])}) or (N, C, *{tuple(train_x.shape[1:])}), got {tuple(test_x.shape)}")
+        raise ValueError(
+            f"test_x must be (N, *{tuple(train_x.shape[1:])}) or (N, C, *{tuple(train_x.shape[1:])}), got"
+            f" {tuple(test_x.shape)}"
+        )
     _check_classes_seen(train_y, test_y)
-    if not isinstance(epochs, int) or epochs < 1: raise ValueError(f"epochs must be a positive int, got {epochs!r}")
-    if not isinstance(batch_size, int) or batch_size < 1: raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    torch.manual_seed(seed); g = torch.Generator().manual_seed(seed)
+    if not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"epochs must be a positive int, got {epochs!r}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    _check_rate(lr, 'lr', lo_open=True)
+    _check_rate(weight_decay, 'weight_decay')
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)
     enc = copy.deepcopy(encoder) if copy_encoder else encoder
     dev = next(enc.parameters(), torch.empty(0)).device
     n_classes = int(max(train_y.max(), test_y.max())) + 1
     with torch.no_grad():
-        enc.eval(); d = enc(train_x[:1].to(dev)).shape[-1]
+        enc.eval()
+        d = enc(train_x[:1].to(dev)).shape[-1]
     model = nn.Sequential(enc, nn.Linear(d, n_classes)).to(dev)
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     losses = []
@@ -121,8 +163,12 @@ def finetune(encoder: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, t
         model.train()
         for b in torch.randperm(train_x.shape[0], generator=g).split(batch_size):
             loss = F.cross_entropy(model(train_x[b].to(dev)), train_y[b].to(dev))
-            if not torch.isfinite(loss): raise FloatingPointError(f"finetune: loss became {loss.item()} (lower lr?)")
-            opt.zero_grad(); loss.backward(); opt.step(); losses.append(loss.item())
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"finetune: loss became {loss.item()} (lower lr?)")
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
     model.eval()
     with torch.no_grad():
         flat = test_x.reshape(-1, *train_x.shape[1:])
@@ -139,7 +185,8 @@ def retrieval_recall_at_k(query_x: torch.Tensor, query_y: torch.Tensor, gallery_
     """Share of queries whose k nearest gallery items (cosine) include one of the query's class: {'R@k': ...}.
     Features (N,D) or (N,C,D) (averaged over clips first)."""
     _check_features(query_x, query_y, 'query_x', 'query_y', clips=True)
-    _check_features(gallery_x, gallery_y, 'gallery_x', 'gallery_y', clips=True, dim=query_x.shape[-1])
+    _check_features(gallery_x, gallery_y, 'gallery_x', 'gallery_y', clips=True, dim=query_x.shape[-1],
+                    like=f'query_x {tuple(query_x.shape)}')
     ks = tuple(int(k) for k in ks)
     if not ks or min(ks) < 1 or max(ks) > gallery_x.shape[0]:
         raise ValueError(f"ks must be integers in [1, {gallery_x.shape[0]}] (the gallery size), got {ks}")
@@ -155,14 +202,19 @@ def few_shot_knn(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Ten
     """kNN (cosine, majority vote) from `n_per_class` random training videos per class; mean/std accuracy over
     `n_trials` seeded draws. Features (N,D) or (N,C,D) (clip-averaged)."""
     _check_features(train_x, train_y, 'train_x', 'train_y', clips=True)
-    _check_features(test_x, test_y, 'test_x', 'test_y', clips=True, dim=train_x.shape[-1])
+    _check_features(test_x, test_y, 'test_x', 'test_y', clips=True, dim=train_x.shape[-1],
+                    like=f'train_x {tuple(train_x.shape)}')
     _check_classes_seen(train_y, test_y)
     for v, name in [(n_per_class, 'n_per_class'), (k, 'k'), (n_trials, 'n_trials')]:
         if not isinstance(v, int) or v < 1: raise ValueError(f"{name} must be a positive int, got {v!r}")
     classes, counts = train_y.unique(return_counts=True)
     if counts.min() < n_per_class:
-        raise ValueError(f"n_per_class={n_per_class} but class {int(classes[counts.argmin()])} has only {int(counts.min())} training videos")
-    if k > n_per_class * len(classes): raise ValueError(f"k must be <= n_per_class * n_classes = {n_per_class * len(classes)}, got {k}")
+        raise ValueError(
+            f"n_per_class={n_per_class} but class {int(classes[counts.argmin()])} has only {int(counts.min())}"
+            " training videos"
+        )
+    if k > n_per_class * len(classes):
+        raise ValueError(f"k must be <= n_per_class * n_classes = {n_per_class * len(classes)}, got {k}")
     tr = F.normalize(average_clips(train_x.detach().float()), dim=1)
     te = F.normalize(average_clips(test_x.detach().float()), dim=1).to(tr.device)
     g = torch.Generator().manual_seed(seed); accs = []
@@ -187,14 +239,16 @@ def _entropy(counts):
     return float(-(p * np.log(p)).sum())
 
 def clustering_metrics(pred, true) -> dict:
-    "NMI, ARI, Hungarian accuracy, mean per-cluster entropy (nats) and mean max purity of cluster ids `pred` vs classes `true` (N,)."
+    """NMI, ARI, Hungarian accuracy, mean per-cluster entropy (nats) and mean max purity of cluster ids `pred` vs
+    classes `true` (N,)."""
     pred = np.asarray(pred.detach().cpu() if isinstance(pred, torch.Tensor) else pred)
     true = np.asarray(true.detach().cpu() if isinstance(true, torch.Tensor) else true)
     for a, name in [(pred, 'pred'), (true, 'true')]:
         if a.ndim != 1: raise ValueError(f"{name} must be 1-d (one label per item), got shape {a.shape}")
         if a.size == 0: raise ValueError(f"{name} is empty: at least one item is needed")
         if not np.issubdtype(a.dtype, np.integer): raise TypeError(f"{name} must hold integer labels, got {a.dtype}")
-    if len(pred) != len(true): raise ValueError(f"pred has {len(pred)} items but true has {len(true)}: lengths must match")
+    if len(pred) != len(true):
+        raise ValueError(f"pred has {len(pred)} items but true has {len(true)}: lengths must match")
     m = _contingency(pred, true); n = m.sum()
     hu, hv = _entropy(m.sum(1)), _entropy(m.sum(0))
     pij = m / n; pi = pij.sum(1, keepdims=True); pj = pij.sum(0, keepdims=True)
@@ -215,9 +269,12 @@ def clustering_metrics(pred, true) -> dict:
 
 # %% ../nbs/04_evaluation.ipynb #8336e6bc
 def text_video_retrieval(text: torch.Tensor, video: torch.Tensor, ks=(1, 5, 10)) -> dict:
-    "Paired rows of `text`, `video` (N,D): {'t2v': {'R@k', 'MdR', 'MnR'}, 'v2t': {...}} with cosine similarity, 1-based ranks."
-    _check_features(text, None, 'text', None); _check_features(video, None, 'video', None, dim=text.shape[1])
-    if video.shape[0] != text.shape[0]: raise ValueError(f"text has {text.shape[0]} rows but video has {video.shape[0]}: they must be paired")
+    """Paired rows of `text`, `video` (N,D): {'t2v': {'R@k', 'MdR', 'MnR'}, 'v2t': {...}} with cosine similarity,
+    1-based ranks."""
+    _check_features(text, None, 'text', None)
+    _check_features(video, None, 'video', None, dim=text.shape[1], like=f'text {tuple(text.shape)}')
+    if video.shape[0] != text.shape[0]:
+        raise ValueError(f"text has {text.shape[0]} rows but video has {video.shape[0]}: they must be paired")
     ks = tuple(int(k) for k in ks)
     if not ks or min(ks) < 1: raise ValueError(f"ks must be positive integers, got {ks}")
     sim = F.normalize(text.detach().float(), dim=1) @ F.normalize(video.detach().float().to(text.device), dim=1).t()
@@ -227,17 +284,25 @@ def text_video_retrieval(text: torch.Tensor, video: torch.Tensor, ks=(1, 5, 10))
     out = {}
     for name, s in [('t2v', sim), ('v2t', sim.t())]:
         r = ranks(s)
-        out[name] = {**{f'R@{k}': (r <= k).double().mean().item() for k in ks}, 'MdR': r.median().item() if len(r) % 2 else float(np.median(r.numpy())), 'MnR': r.mean().item()}
+        out[name] = {
+            **{f'R@{k}': (r <= k).double().mean().item() for k in ks},
+            'MdR': r.median().item() if len(r) % 2 else float(np.median(r.numpy())),
+            'MnR': r.mean().item(),
+        }
     return out
 
 # %% ../nbs/04_evaluation.ipynb #349a6378
 def knapsack(values, weights, capacity: int) -> list:
-    "0/1 knapsack by dynamic programming: indices of items maximising total value with integer weights summing to <= capacity."
+    """0/1 knapsack by dynamic programming: indices of items maximising total value with integer weights summing to <=
+    capacity."""
     values = np.asarray(values, dtype=float); weights = np.asarray(weights)
-    if values.ndim != 1 or weights.shape != values.shape: raise ValueError(f"values and weights must be 1-d of equal length, got {values.shape} and {weights.shape}")
-    if not np.issubdtype(weights.dtype, np.integer) or (weights < 0).any(): raise ValueError("weights must be non-negative integers")
+    if values.ndim != 1 or weights.shape != values.shape:
+        raise ValueError(f"values and weights must be 1-d of equal length, got {values.shape} and {weights.shape}")
+    if not np.issubdtype(weights.dtype, np.integer) or (weights < 0).any():
+        raise ValueError("weights must be non-negative integers")
     if not np.isfinite(values).all(): raise ValueError("values contains NaN or infinite values")
-    if not isinstance(capacity, (int, np.integer)) or capacity < 0: raise ValueError(f"capacity must be a non-negative int, got {capacity!r}")
+    if not isinstance(capacity, (int, np.integer)) or capacity < 0:
+        raise ValueError(f"capacity must be a non-negative int, got {capacity!r}")
     n = len(values); best = np.zeros((n + 1, capacity + 1))
     for i in range(1, n + 1):
         w, v = int(weights[i - 1]), values[i - 1]
@@ -250,13 +315,17 @@ def knapsack(values, weights, capacity: int) -> list:
 
 def _check_change_points(change_points, n_frames):
     cp = np.asarray(change_points)
-    if cp.ndim != 2 or cp.shape[1] != 2 or len(cp) == 0: raise ValueError(f"change_points must be (S, 2) [start, end] frame pairs, got shape {cp.shape}")
+    if cp.ndim != 2 or cp.shape[1] != 2 or len(cp) == 0:
+        raise ValueError(f"change_points must be (S, 2) [start, end] frame pairs, got shape {cp.shape}")
     if cp[0, 0] != 0 or cp[-1, 1] != n_frames - 1 or (cp[1:, 0] != cp[:-1, 1] + 1).any() or (cp[:, 1] < cp[:, 0]).any():
-        raise ValueError(f"change_points must tile frames 0..{n_frames - 1} with contiguous inclusive [start, end] shots")
+        raise ValueError(
+            f"change_points must tile frames 0..{n_frames - 1} with contiguous inclusive [start, end] shots"
+        )
     return cp
 
 def summarise(frame_scores, change_points, budget: float = 0.15) -> np.ndarray:
-    "Binary frame summary (n_frames,): shots scored by their mean frame score, chosen by knapsack under `budget` x n_frames."
+    """Binary frame summary (n_frames,): shots scored by their mean frame score, chosen by knapsack under `budget` x
+    n_frames."""
     s = np.asarray(frame_scores.detach().cpu() if isinstance(frame_scores, torch.Tensor) else frame_scores, dtype=float)
     if s.ndim != 1 or len(s) == 0: raise ValueError(f"frame_scores must be a non-empty 1-d array, got shape {s.shape}")
     if not np.isfinite(s).all(): raise ValueError("frame_scores contains NaN or infinite values")
@@ -272,9 +341,11 @@ def summarise(frame_scores, change_points, budget: float = 0.15) -> np.ndarray:
 def summary_f_score(summary, user_summaries, mode: str = 'max') -> float:
     "F-score of a binary frame `summary` (n,) against user summaries (U, n): max over users (SumMe) or mean (TVSum)."
     s = np.asarray(summary); u = np.atleast_2d(np.asarray(user_summaries))
-    if s.ndim != 1 or u.shape[1] != len(s) or u.shape[0] == 0:
+    if s.ndim != 1 or len(s) == 0: raise ValueError(f"summary must be a non-empty (n,) array, got shape {s.shape}")
+    if u.ndim != 2 or u.shape[1] != len(s) or u.shape[0] == 0:
         raise ValueError(f"user_summaries must be (U, {len(s)}) to match summary, got shape {u.shape}")
-    if not (np.isin(s, (0, 1)).all() and np.isin(u, (0, 1)).all()): raise ValueError("summary and user_summaries must be binary (0/1)")
+    if not (np.isin(s, (0, 1)).all() and np.isin(u, (0, 1)).all()):
+        raise ValueError("summary and user_summaries must be binary (0/1)")
     if mode not in ('max', 'mean'): raise ValueError(f"mode must be 'max' (SumMe) or 'mean' (TVSum), got {mode!r}")
     fs = []
     for us in u:
@@ -287,35 +358,48 @@ def summary_f_score(summary, user_summaries, mode: str = 'max') -> float:
 def _read_lines(path):
     path = Path(path)
     if not path.is_file(): raise FileNotFoundError(f"split file {path} does not exist")
-    return [(i + 1, l.strip()) for i, l in enumerate(path.read_text(encoding='utf-8', errors='replace').splitlines()) if l.strip()]
+    return [
+        (i + 1, l.strip())
+        for i, l in enumerate(path.read_text(encoding='utf-8', errors='replace').splitlines())
+        if l.strip()
+    ]
 
 def read_ucf101_split(split_dir, split: int = 1) -> dict:
-    "Rows {path, label (0-based), class_name} of UCF-101's official `split` (1-3) from `ucfTrainTestlist/`: {'train': [...], 'test': [...]}."
+    """Rows {path, label (0-based), class_name} of UCF-101's official `split` (1-3) from `ucfTrainTestlist/`: {'train':
+    [...], 'test': [...]}."""
     if split not in (1, 2, 3): raise ValueError(f"split must be 1, 2 or 3, got {split!r}")
     d = Path(split_dir)
     classes = {}
     for ln, line in _read_lines(d / 'classInd.txt'):
         parts = line.split()
-        if len(parts) != 2 or not parts[0].isdigit(): raise ValueError(f"{d / 'classInd.txt'} line {ln}: expected '<index> <ClassName>', got {line!r}")
+        if len(parts) != 2 or not parts[0].isdigit():
+            raise ValueError(f"{d / 'classInd.txt'} line {ln}: expected '<index> <ClassName>', got {line!r}")
         classes[parts[1]] = int(parts[0]) - 1
-    if sorted(classes.values()) != list(range(len(classes))): raise ValueError(f"{d / 'classInd.txt'}: class indices must be 1..{len(classes)}")
+    if sorted(classes.values()) != list(range(len(classes))):
+        raise ValueError(f"{d / 'classInd.txt'}: class indices must be 1..{len(classes)}")
     out = {}
     for part in ('train', 'test'):
         f = d / f'{part}list0{split}.txt'; rows = []
         for ln, line in _read_lines(f):
             parts = line.split()
             rel = parts[0]; cname = rel.split('/')[0]
-            if '/' not in rel or cname not in classes: raise ValueError(f"{f} line {ln}: {rel!r} is not '<Class>/<video>' with a class of classInd.txt")
+            if '/' not in rel or cname not in classes:
+                raise ValueError(f"{f} line {ln}: {rel!r} is not '<Class>/<video>' with a class of classInd.txt")
             label = classes[cname]
             if part == 'train':
-                if len(parts) != 2 or not parts[1].isdigit(): raise ValueError(f"{f} line {ln}: expected '<Class>/<video> <index>', got {line!r}")
-                if int(parts[1]) - 1 != label: raise ValueError(f"{f} line {ln}: label {parts[1]} disagrees with classInd.txt ({cname} = {label + 1})")
+                if len(parts) != 2 or not parts[1].isdigit():
+                    raise ValueError(f"{f} line {ln}: expected '<Class>/<video> <index>', got {line!r}")
+                if int(parts[1]) - 1 != label:
+                    raise ValueError(
+                        f"{f} line {ln}: label {parts[1]} disagrees with classInd.txt ({cname} = {label + 1})"
+                    )
             rows.append(dict(path=rel, label=label, class_name=cname))
         out[part] = rows
     return out
 
 def read_hmdb51_split(split_dir, split: int = 1) -> dict:
-    "Rows {path '<class>/<video>', label (0-based, sorted class order), class_name} of HMDB-51's `split` (1-3): {'train': [...], 'test': [...]}."
+    """Rows {path '<class>/<video>', label (0-based, sorted class order), class_name} of HMDB-51's `split` (1-3):
+    {'train': [...], 'test': [...]}."""
     if split not in (1, 2, 3): raise ValueError(f"split must be 1, 2 or 3, got {split!r}")
     d = Path(split_dir)
     if not d.is_dir(): raise FileNotFoundError(f"split_dir {d} is not a folder")
@@ -326,15 +410,16 @@ def read_hmdb51_split(split_dir, split: int = 1) -> dict:
     for label, (cname, f) in enumerate(files):
         for ln, line in _read_lines(f):
             parts = line.split()
-            if len(parts) != 2 or parts[1] not in ('0', '1', '2'): raise ValueError(f"{f} line {ln}: expected '<video> <0|1|2>', got {line!r}")
-            if parts[1] != '0': out['train' if parts[1] == '1' else 'test'].append(dict(path=f'{cname}/{parts[0]}', label=label, class_name=cname))
+            if len(parts) != 2 or parts[1] not in ('0', '1', '2'):
+                raise ValueError(f"{f} line {ln}: expected '<video> <0|1|2>', got {line!r}")
+            if parts[1] != '0':
+                out['train' if parts[1] == '1' else 'test'].append(
+                    dict(path=f'{cname}/{parts[0]}', label=label, class_name=cname)
+                )
     return out
 
-def write_manifest(rows: list, path, video_root=None) -> Path:
-    "Write rows {path, label, class_name} as a CSV manifest (paths joined to `video_root` if given); returns the path."
-    if not rows: raise ValueError("rows is empty: nothing to write")
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, 'w', newline='', encoding='utf-8') as fh:
-        w = csv.DictWriter(fh, fieldnames=['path', 'label', 'class_name']); w.writeheader()
-        for r in rows: w.writerow(dict(path=str(Path(video_root) / r['path']) if video_root else r['path'], label=r['label'], class_name=r['class_name']))
-    return path
+
+
+# %% ../nbs/04_evaluation.ipynb #ac781240
+from .datasets import write_manifest   # the package's one manifest writer (paths joined to video_root as given)
+_all_ = ['write_manifest']

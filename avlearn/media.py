@@ -4,7 +4,7 @@
 
 # %% ../nbs/07_media.ipynb #3c18a5cc
 from __future__ import annotations
-import csv, fractions, inspect, math, multiprocessing, os
+import ast, csv, fractions, inspect, math, multiprocessing, os, re
 from pathlib import Path
 from typing import Callable, Sequence
 import numpy as np
@@ -16,15 +16,34 @@ from .transforms import reverse_time
 
 # %% auto #0
 __all__ = ['MEDIA_CASES', 'POLICIES', 'MediaError', 'MissingMediaError', 'CorruptMediaError', 'NoAudioError', 'ShortClipError',
-           'write_av_file', 'probe', 'read_clip', 'ManifestDataset', 'collate_skip']
+           'AudioGapError', 'write_av_file', 'open_media', 'stream_span', 'probe', 'right_angle', 'read_clip',
+           'ManifestDataset', 'collate_skip']
 
 # %% ../nbs/07_media.ipynb #11b36362
+_STR_LITERAL = r"'(?:[^'\\\n]|\\.)*'" + '|' + r'"(?:[^"\\\n]|\\.)*"'   # a Python string literal (a repr)
+
 class MediaError(RuntimeError):
-    "A media file cannot give what was asked; `path` names the file, `case` the problem."
+    """A media file cannot give what was asked; `path` names the file, `case` the problem. Survives pickling, and
+    DataLoader workers' re-raising (which rebuilds it from its message alone), with its type, `path` and `case`."""
     case = 'media'
-    def __init__(self, path, problem: str):
-        self.path, self.problem = str(path), problem
-        super().__init__(f"{self.case}: {self.path}: {problem}")
+    def __init__(self, path, problem: str | None = None):
+        if problem is None:                      # rebuilt from a message, e.g. by a DataLoader worker's re-raise
+            self.path, self.problem = self._parse(str(path))
+            super().__init__(str(path))
+        else:
+            self.path, self.problem = str(path), problem
+            super().__init__(f"{self.case}: {self.path!r}: {problem}")
+
+    @classmethod
+    def _parse(cls, message: str):
+        "(path, problem) from the last `case: 'path': problem` in `message` (or a traceback); (None, message) if none."
+        hits = list(re.finditer(rf"(?:^|\W){re.escape(cls.case)}: ({_STR_LITERAL}): (.*)$", message, re.MULTILINE))
+        if not hits: return None, message
+        return ast.literal_eval(hits[-1].group(1)), hits[-1].group(2)
+
+    def __reduce__(self):
+        args = (self.path, self.problem) if self.path is not None else (self.args[0],)
+        return type(self), args
 
 class MissingMediaError(MediaError, FileNotFoundError):
     "The file does not exist."
@@ -42,61 +61,102 @@ class ShortClipError(MediaError):
     "The file is shorter than the window asked for."
     case = 'short'
 
+class AudioGapError(ShortClipError):
+    "The audio stream does not cover the whole window although the video does (audio starting late or ending early)."
+    case = 'short'
+
 MEDIA_CASES = ('missing', 'corrupt', 'no_audio', 'short')
 
 # %% ../nbs/07_media.ipynb #73675de2
 def _as_numpy(x, name):
     if isinstance(x, torch.Tensor): x = x.detach().cpu().numpy()
-    if not isinstance(x, np.ndarray): raise TypeError(f"{name} must be a numpy array or torch tensor, got {type(x).__name__}")
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"{name} must be a numpy array or torch tensor, got {type(x).__name__}")
     return x
 
 def write_av_file(path, video, audio=None, fps: float = 16., sample_rate: int = 16000, crf: int = 18,
-                  faststart: bool = False) -> Path:
-    "Write `video` uint8 `(T, H, W, 3)` and optional mono `audio` float `(S,)` in [-1, 1] as an H.264 + AAC mp4 at `path`."
+                  faststart: bool = False, start_s: float = 0., audio_offset_s: float = 0., rotation: int = 0) -> Path:
+    """Write `video` uint8 `(T, H, W, 3)` and optional mono `audio` float `(S,)` in [-1, 1] as an H.264 + AAC mp4 at
+    `path`. Unusual files for tests: the first frame's timestamp `start_s`, audio starting `audio_offset_s` after the
+    video, and a display `rotation` (degrees counter-clockwise, a multiple of 90) that players apply to the frames."""
     video = _as_numpy(video, 'video')
-    if video.ndim != 4 or video.shape[-1] != 3: raise ValueError(f"video must have shape (T, H, W, 3), got {video.shape}")
+    if video.ndim != 4 or video.shape[-1] != 3:
+        raise ValueError(f"video must have shape (T, H, W, 3), got {video.shape}")
     if video.dtype != np.uint8: raise TypeError(f"video must be uint8 (0-255), got {video.dtype}")
     T, H, W, _ = video.shape
     if T < 1: raise ValueError("video must have at least one frame")
     if H % 2 or W % 2: raise ValueError(f"video height and width must be even for H.264 4:2:0, got {H}x{W}")
     check_range(fps, 'fps', 0, lo_open=True); check_range(sample_rate, 'sample_rate', 1); check_range(crf, 'crf', 0, 51)
+    check_range(start_s, 'start_s', 0, 1e6); check_range(audio_offset_s, 'audio_offset_s', -start_s, 1e6)
+    check_range(rotation, 'rotation', -360, 360)
+    if rotation % 90: raise ValueError(f"rotation must be a multiple of 90 degrees, got {rotation!r}")
     if audio is not None:
         audio = _as_numpy(audio, 'audio')
-        if audio.ndim != 1 or audio.size < 1: raise ValueError(f"audio must have shape (S,) with S >= 1, got {audio.shape}")
+        if audio.ndim != 1 or audio.size < 1:
+            raise ValueError(f"audio must have shape (S,) with S >= 1, got {audio.shape}")
         if not np.issubdtype(audio.dtype, np.floating): raise TypeError(f"audio must be float, got {audio.dtype}")
         if not np.isfinite(audio).all(): raise ValueError("audio contains NaN or infinite values")
-        if np.abs(audio).max() > 1 + 1e-6: raise ValueError(f"audio must be in [-1, 1], got max |x| = {np.abs(audio).max():.3f}")
+        if np.abs(audio).max() > 1 + 1e-6:
+            raise ValueError(f"audio must be in [-1, 1], got max |x| = {np.abs(audio).max():.3f}")
+        rates = av.codec.Codec('aac', 'w').audio_rates or ()
+        if rates and int(sample_rate) not in rates:
+            raise ValueError(f"sample_rate must be one AAC can encode, {sorted(rates)}; got {sample_rate!r}")
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
     opts = {'movflags': 'faststart'} if faststart else {}
+    rate = fractions.Fraction(fps).limit_denominator(1001)
     with av.open(str(path), 'w', format='mp4', options=opts) as c:
-        vs = c.add_stream('libx264', rate=fractions.Fraction(fps).limit_denominator(1001))
+        vs = c.add_stream('libx264', rate=rate)
         vs.width, vs.height, vs.pix_fmt = W, H, 'yuv420p'
         vs.options = {'crf': str(int(crf)), 'threads': '1'}
         vs.codec_context.thread_count = 1
+        if rotation: vs.set_display_rotation(int(rotation))
+        tb = fractions.Fraction(1, 90000)                  # with an offset: it need not be a whole number of frames
+        if start_s: vs.codec_context.time_base = tb
         ast = c.add_stream('aac', rate=int(sample_rate), layout='mono') if audio is not None else None
         for t in range(T):
-            # converting to yuv420p ourselves keeps the bytes reproducible (PyAV's implicit conversion is not, in PyAV 18)
-            f = av.VideoFrame.from_ndarray(np.ascontiguousarray(video[t]), format='rgb24').reformat(format='yuv420p'); f.pts = t
+            # converting to yuv420p ourselves keeps the bytes reproducible (PyAV's implicit conversion is not, in PyAV
+            # 18)
+            f = av.VideoFrame.from_ndarray(np.ascontiguousarray(video[t]), format='rgb24').reformat(format='yuv420p')
+            if start_s: f.pts, f.time_base = int(round((start_s + t / rate) / tb)), tb
+            else: f.pts = t
             for p in vs.encode(f): c.mux(p)
         for p in vs.encode(): c.mux(p)
         if ast is not None:
-            af = av.AudioFrame.from_ndarray(np.ascontiguousarray(audio[None], dtype=np.float32), format='fltp', layout='mono')
-            af.sample_rate, af.pts = int(sample_rate), 0
+            af = av.AudioFrame.from_ndarray(
+                np.ascontiguousarray(audio[None], dtype=np.float32), format='fltp', layout='mono'
+            )
+            af.sample_rate, af.pts = int(sample_rate), int(round((start_s + audio_offset_s) * sample_rate))
             for p in ast.encode(af): c.mux(p)
             for p in ast.encode(): c.mux(p)
     return path
 
 # %% ../nbs/07_media.ipynb #392d1362
-def _open(path):
+def open_media(path):
+    "A PyAV container for `path`, or a `MissingMediaError` / `CorruptMediaError` naming the file and the reason."
     path = Path(path)
     if not path.exists(): raise MissingMediaError(path, 'no such file')
     if path.is_dir(): raise MissingMediaError(path, 'is a directory, expected a media file')
     try: return av.open(str(path))
-    except av.error.FFmpegError as e: raise CorruptMediaError(path, f'cannot open ({e.__class__.__name__}: {e})') from None
+    except av.error.FFmpegError as e:
+        raise CorruptMediaError(path, f'cannot open ({e.__class__.__name__}: {e})') from None
 
-def _stream_duration(s, c):
-    if s.duration is not None and s.time_base is not None: return float(s.duration * s.time_base)
-    return c.duration / av.time_base if c.duration is not None else float('nan')
+def stream_span(s, c) -> tuple:
+    "(start, end) of stream `s` in seconds on the file's clock: from the stream's start time and duration when known."
+    start = None if s.start_time is None or s.time_base is None else float(s.start_time * s.time_base)
+    c_start = c.start_time / av.time_base if c.start_time is not None else None
+    if start is None: start = c_start if c_start is not None else 0.
+    if s.duration is not None and s.time_base is not None: return start, start + float(s.duration * s.time_base)
+    if c.duration is None: return start, float('nan')
+    # FFmpeg's matroska/webm demuxer reports the last timestamp as the duration; other containers a true duration
+    end = c.duration / av.time_base + (0. if 'matroska' in c.format.name or c_start is None else c_start)
+    return start, end
+
+def _first_frame_rotation(c, vs) -> int | None:
+    "The display rotation (degrees counter-clockwise) of the first decodable frame; None if none decodes."
+    try:
+        for f in c.decode(vs): return int(f.rotation)
+    except av.error.FFmpegError: return None
+    return None
 
 def _clean(err: MediaError) -> MediaError:
     "Drop the traceback and context of `err`: they hold PyAV codec contexts that must not outlive their container."
@@ -105,23 +165,28 @@ def _clean(err: MediaError) -> MediaError:
     return err.with_traceback(None)
 
 def probe(path) -> dict:
-    "Header information of a media file: duration (s), fps, n_frames, height, width, has_audio, sample_rate, channels, codecs."
+    """Header information of a media file: video duration (s), fps, n_frames, start_time (s on the file's clock), stored
+    height and width, display rotation (degrees counter-clockwise, from the first frame), has_audio, sample_rate,
+    channels, codecs, audio_duration and audio_offset (audio start - video start, s)."""
     try: return _probe(path)
     except MediaError as e: err = _clean(e)
     raise err
 
 def _probe(path) -> dict:
-    with _open(path) as c:
+    with open_media(path) as c:
         if not c.streams.video: raise CorruptMediaError(path, 'no video stream')
         vs = c.streams.video[0]
         fps = float(vs.average_rate or vs.guessed_rate or 0)
-        out = dict(path=str(path), duration=_stream_duration(vs, c), fps=fps, n_frames=int(vs.frames),
+        v0, v1 = stream_span(vs, c)
+        out = dict(path=str(path), duration=v1 - v0, fps=fps, n_frames=int(vs.frames), start_time=v0,
                    height=vs.codec_context.height, width=vs.codec_context.width, video_codec=vs.codec_context.name,
-                   has_audio=bool(c.streams.audio), sample_rate=None, channels=None, audio_codec=None, audio_duration=None)
+                   has_audio=bool(c.streams.audio), sample_rate=None, channels=None, audio_codec=None,
+                   audio_duration=None, audio_offset=None)
         if c.streams.audio:
-            a = c.streams.audio[0]
+            a = c.streams.audio[0]; a0, a1 = stream_span(a, c)
             out.update(sample_rate=a.codec_context.sample_rate, channels=a.codec_context.channels,
-                       audio_codec=a.codec_context.name, audio_duration=_stream_duration(a, c))
+                       audio_codec=a.codec_context.name, audio_duration=a1 - a0, audio_offset=a0 - v0)
+        out['rotation'] = _first_frame_rotation(c, vs)
     return out
 
 # %% ../nbs/07_media.ipynb #4ecbed90
@@ -140,112 +205,168 @@ def _resize_dims(size, h, w):
     if isinstance(size, int):
         check_range(size, 'size', 1)
         return (size, max(1, round(w * size / h))) if h <= w else (max(1, round(h * size / w)), size)
-    if len(size) != 2 or min(size) < 1: raise ValueError(f"size must be None, an int (short side) or (height, width), got {size!r}")
+    if len(size) != 2 or min(size) < 1:
+        raise ValueError(f"size must be None, an int (short side) or (height, width), got {size!r}")
     return int(size[0]), int(size[1])
 
-def _decode_video(c, path, start_s, n, fps, size, threads):
+def right_angle(rotation) -> int:
+    "Quarter turns (0-3, counter-clockwise) of a display rotation in degrees; 0 for angles that are not a right angle."
+    k = round(rotation / 90)
+    return k % 4 if abs(rotation - 90 * k) < 1 else 0
+
+def _frame_time(f, tb, default=None):
+    return f.time if f.time is not None else (float(f.pts * tb) if f.pts is not None else default)
+
+def _decode_from(c, s, t_seek, t_first, t_end):
+    """Decoded frames of stream `s` from the key frame before `t_seek` (file clock). When the demuxer's seek overshoots
+    (the first frame comes after `t_first`, or none comes before the stream's end `t_end`: seen in MPEG-TS files with
+    long GOPs), decode from the start instead."""
+    tb = float(s.time_base)
+    c.seek(int(t_seek / tb), stream=s, backward=True, any_frame=False)
+    frames = c.decode(s)
+    first = next(frames, None)
+    if (t_seek < t_end if first is None else _frame_time(first, tb, t_seek) > t_first):
+        c.seek(0, backward=True)
+        frames = c.decode(s); first = next(frames, None)
+    if first is not None:
+        yield first
+        yield from frames
+
+def _decode_video(c, path, t0, n, fps, size, threads, rotate, seek=True):
+    "Frames nearest to the times `t0 + k / fps` (file clock), upright if `rotate`: (uint8 (n, h, w, 3), valid, angle)."
     vs = c.streams.video[0]
     vs.codec_context.thread_count = threads
     if threads != 1: vs.thread_type = 'AUTO'
     tb = float(vs.time_base); src_fps = float(vs.average_rate or vs.guessed_rate or fps)
-    targets = start_s + np.arange(n) / fps
+    targets = t0 + np.arange(n) / fps
     end = targets[-1] + 0.5 / src_fps
-    if start_s > 0: c.seek(int(start_s / tb), stream=vs, backward=True, any_frame=False)
     times, frames = [], []
     try:
-        for f in c.decode(vs):
-            t = f.time if f.time is not None else (f.pts or 0) * tb
-            if t < start_s - 1.0 / src_fps: continue
+        for f in (_decode_from(c, vs, t0, t0 + 0.5 / src_fps, stream_span(vs, c)[1]) if seek else c.decode(vs)):
+            t = _frame_time(f, tb, 0.)
+            if t < t0 - 1.0 / src_fps: continue
             times.append(t); frames.append(f)
             if t >= end: break
     except av.error.FFmpegError as e:
         raise CorruptMediaError(path, f'video decoding failed ({e.__class__.__name__}: {e})') from None
-    if not frames: return None, np.array([])
+    if not frames: return None, np.array([]), 0
     times = np.asarray(times)
     idx = np.clip(np.searchsorted(times, targets), 1, len(times) - 1) if len(times) > 1 else np.zeros(n, int)
     if len(times) > 1: idx = np.where(np.abs(times[idx - 1] - targets) <= np.abs(times[idx] - targets), idx - 1, idx)
-    h, w = _resize_dims(size, frames[0].height, frames[0].width)
-    cache = {}
-    for i in set(idx.tolist()): cache[i] = frames[i].to_ndarray(format='rgb24', width=w, height=h)
+    rotation = int(frames[0].rotation)
+    k = right_angle(rotation) if rotate else 0
+    H, W = frames[0].height, frames[0].width
+    h, w = _resize_dims(size, *((W, H) if k % 2 else (H, W)))       # `size` is of the picture as displayed
+    dh, dw = (w, h) if k % 2 else (h, w)
+    cache = {i: np.rot90(frames[i].to_ndarray(format='rgb24', width=dw, height=dh), k) for i in set(idx.tolist())}
     video = np.stack([cache[i] for i in idx])
     valid = targets <= times[-1] + 0.5 / src_fps                 # targets past the last decoded frame are not real
-    return video, valid
+    return video, valid, rotation
 
-def _decode_audio(c, path, start_s, duration_s, sample_rate):
+def _decode_audio(c, path, t0, duration_s, sample_rate):
+    """Mono float32 samples of `[t0, t0 + duration_s)` on the file's clock at `sample_rate`, each placed by its
+    timestamp, and a mask of the samples that are real (zeros elsewhere: before the stream starts, after it ends, in
+    gaps)."""
     a = c.streams.audio[0]; sr = a.codec_context.sample_rate; a.codec_context.thread_count = 1
-    c.seek(int(max(0., start_s - 0.1) / float(a.time_base)), stream=a, backward=True)  # always: video decoding moved the demuxer
-    chunks, first = [], None
-    need_end = start_s + duration_s
-    try:
-        for f in c.decode(a):
-            t = f.time if f.time is not None else float(f.pts * a.time_base)
-            x = _frame_audio(f).mean(0)
-            if first is None: first = t
-            elif abs(t - (first + sum(len(ch) for ch in chunks) / sr)) > 1.5 / sr * f.samples:  # a gap: realign on timestamps
-                gap = int(round((t - first) * sr)) - sum(len(ch) for ch in chunks)
-                if gap > 0: chunks.append(np.zeros(gap, np.float32))
-            chunks.append(x)
-            if t + f.samples / sr >= need_end + 0.05: break
-    except av.error.FFmpegError as e:
-        raise CorruptMediaError(path, f'audio decoding failed ({e.__class__.__name__}: {e})') from None
-    if first is None: return np.zeros(0, np.float32), sr
-    x = np.concatenate(chunks)
-    i0 = int(round((start_s - first) * sr)); n = int(round(duration_s * sr))
-    if i0 < 0: x, i0 = np.concatenate([np.zeros(-i0, np.float32), x]), 0
-    adur = _stream_duration(a, c)                              # AAC pads its last frame: drop samples past the header's end
-    if math.isfinite(adur): n = min(n, max(0, int(round((adur - start_s) * sr))))
-    x = x[i0:i0 + n]
+    a0, a1 = stream_span(a, c)
+    n_src = max(1, int(round(duration_s * sr)))
+    x, have = np.zeros(n_src, np.float32), np.zeros(n_src, bool)
+    t_seek, t_next = max(0., t0 - 0.1), None
+    for f in _decode_from(c, a, t_seek, max(t_seek, a0) + 0.1, a1):   # always seek: video decoding moved the demuxer
+        t = _frame_time(f, a.time_base, a0 if t_next is None else t_next)
+        t_next = t + f.samples / sr
+        i = int(round((t - t0) * sr)); lo, hi = max(0, i), min(n_src, i + f.samples)
+        if hi > lo: x[lo:hi] = _frame_audio(f).mean(0)[lo - i:hi - i]; have[lo:hi] = True
+        if t_next >= t0 + duration_s + 0.05: break
+    # the header's span is the truth: AAC pads its last frame (and primes its first) with samples that are not audio
+    tt = t0 + np.arange(n_src) / sr
+    have &= tt >= a0 - 0.5 / sr
+    if math.isfinite(a1): have &= tt < a1 - 0.5 / sr
+    x[~have] = 0.
     if sr != sample_rate:
-        x = torchaudio.functional.resample(torch.from_numpy(np.ascontiguousarray(x)), sr, sample_rate).numpy()
-    return x, sr
+        S = int(round(duration_s * sample_rate))
+        y = torchaudio.functional.resample(torch.from_numpy(x), sr, sample_rate).numpy()
+        x = np.zeros(S, np.float32); x[:min(S, len(y))] = y[:S]
+        have = have[np.minimum((np.arange(S) * sr) // sample_rate, n_src - 1)]
+        x[~have] = 0.
+    return x, have
+
+def _check_finite(value, name, lo_open=False):
+    "A finite number >= 0 (> 0 when `lo_open`), or a ValueError naming `name`."
+    check_range(value, name, 0, lo_open=lo_open)
+    if not math.isfinite(value): raise ValueError(f"{name} must be a finite number, got {value!r}")
+    return value
 
 def read_clip(path, start_s: float = 0., duration_s: float | None = None, fps: float | None = None, size=None,
-              sample_rate: int = 16000, audio: bool = True, allow_short: bool = False, threads: int = 1) -> dict:
-    "Decode `duration_s` seconds from `start_s` at `fps`: 'video' float `(3, T, H, W)` in [0, 1] and mono 'audio' `(S,)` at `sample_rate`."
-    check_range(start_s, 'start_s', 0); check_range(sample_rate, 'sample_rate', 1); check_range(threads, 'threads', 0)
-    try: return _read_clip(path, start_s, duration_s, fps, size, sample_rate, audio, allow_short, int(threads))
+              sample_rate: int = 16000, audio: bool = True, allow_short: bool = False, threads: int = 1,
+              rotate: bool = True) -> dict:
+    """Decode `duration_s` seconds from `start_s` (seconds after the first video frame) at `fps`: 'video' float
+    `(3, T, H, W)` in [0, 1] (upright when `rotate`) and mono 'audio' `(S,)` at `sample_rate`, in sync by timestamps."""
+    _check_finite(start_s, 'start_s'); check_range(sample_rate, 'sample_rate', 1); check_range(threads, 'threads', 0)
+    if duration_s is not None: _check_finite(duration_s, 'duration_s', lo_open=True)
+    if fps is not None: _check_finite(fps, 'fps', lo_open=True)
+    try: return _read_clip(path, start_s, duration_s, fps, size, sample_rate, audio, allow_short, int(threads), rotate)
     except MediaError as e: err = _clean(e)
     raise err
 
-def _read_clip(path, start_s, duration_s, fps, size, sample_rate, audio, allow_short, threads):
-    with _open(path) as c:
-        if not c.streams.video: raise CorruptMediaError(path, 'no video stream')
-        vs = c.streams.video[0]
-        file_fps = float(vs.average_rate or vs.guessed_rate or 0)
-        fps = file_fps if fps is None else fps
-        check_range(fps, 'fps', 0, lo_open=True)
-        dur = _stream_duration(vs, c)
-        duration_s = (dur - start_s) if duration_s is None else duration_s
-        check_range(duration_s, 'duration_s', 0, lo_open=True)
-        n = max(1, int(round(duration_s * fps)))
-        if audio and not c.streams.audio: raise NoAudioError(path, 'no audio stream (pass audio=False to read video only)')
-        short = start_s + (n - 1) / fps > dur - 0.5 / max(file_fps, 1e-6) + 1e-6 if math.isfinite(dur) else False
-        if short and not allow_short:
-            raise ShortClipError(path, f'window [{start_s:.3f}, {start_s + duration_s:.3f}] s asked but the file lasts {dur:.3f} s')
-        video, valid = _decode_video(c, path, start_s, n, fps, size, threads)
-        if video is None:
-            if short: raise ShortClipError(path, f'no frame at or after {start_s:.3f} s (file lasts {dur:.3f} s)')
-            raise CorruptMediaError(path, f'no video frame could be decoded (header says {dur:.3f} s)')
-        n_valid = int(valid.sum())
-        if n_valid < n and not short:
-            raise CorruptMediaError(path, f'data ends after {n_valid} of {n} frames although the header says {dur:.3f} s (truncated?)')
-        vid = np.empty((3,) + video.shape[:3], np.float32)          # in NumPy: torch's thread pool is slow for this on a busy CPU
-        np.divide(video.transpose(3, 0, 1, 2), 255, out=vid)
-        out = dict(video=torch.from_numpy(vid), audio=None, start_s=float(start_s),
-                   duration_s=float(duration_s), fps=float(fps), sample_rate=int(sample_rate), n_valid_frames=n_valid,
-                   n_valid_samples=0, path=str(path))
-        if audio:
-            x, _ = _decode_audio(c, path, start_s, duration_s, sample_rate)
-            S = int(round(duration_s * sample_rate)); nv = min(len(x), S)
-            if nv < S - max(2, sample_rate // 100):            # a shortfall of more than 10 ms is not rounding
-                adur = probe_audio_duration = _stream_duration(c.streams.audio[0], c)
-                if start_s + duration_s <= adur - 0.01 and not short:
-                    raise CorruptMediaError(path, f'audio data ends after {nv} of {S} samples although the header says {adur:.3f} s')
-                if not allow_short:
-                    raise ShortClipError(path, f'audio window [{start_s:.3f}, {start_s + duration_s:.3f}] s asked but the audio lasts {adur:.3f} s')
-            else: nv = S
-            full = np.zeros(S, np.float32); full[:min(len(x), S)] = x[:S]
-            out['audio'] = torch.from_numpy(full); out['n_valid_samples'] = nv
+def _read_clip(path, start_s, duration_s, fps, size, sample_rate, audio, allow_short, threads, rotate):
+    with open_media(path) as c:
+        try: return _read_open(c, path, start_s, duration_s, fps, size, sample_rate, audio, allow_short, threads,
+                               rotate)
+        except av.error.FFmpegError as e:                # seeking, demuxing: anything FFmpeg refuses is a broken file
+            raise CorruptMediaError(path, f'reading failed ({e.__class__.__name__}: {e})') from None
+
+def _read_open(c, path, start_s, duration_s, fps, size, sample_rate, audio, allow_short, threads, rotate):
+    if not c.streams.video: raise CorruptMediaError(path, 'no video stream')
+    vs = c.streams.video[0]
+    file_fps = float(vs.average_rate or vs.guessed_rate or 0)
+    fps = file_fps if fps is None else fps
+    check_range(fps, 'fps', 0, lo_open=True)
+    v0, v1 = stream_span(vs, c)                  # the clip's clock starts at the first video frame: t = 0 is v0
+    dur = v1 - v0
+    duration_s = (dur - start_s) if duration_s is None else duration_s
+    check_range(duration_s, 'duration_s', 0, lo_open=True)
+    n = max(1, int(round(duration_s * fps)))
+    if audio and not c.streams.audio: raise NoAudioError(path, 'no audio stream (pass audio=False to read video only)')
+    short = start_s + (n - 1) / fps > dur - 0.5 / max(file_fps, 1e-6) + 1e-6 if math.isfinite(dur) else False
+    if short and not allow_short:
+        raise ShortClipError(path, f'window [{start_s:.3f}, {start_s + duration_s:.3f}] s asked but the file lasts '
+                                   f'{dur:.3f} s')
+    video, valid, rotation = _decode_video(c, path, v0 + start_s, n, fps, size, threads, rotate, seek=start_s > 0)
+    if video is None:
+        if short: raise ShortClipError(path, f'no frame at or after {start_s:.3f} s (file lasts {dur:.3f} s)')
+        raise CorruptMediaError(path, f'no video frame could be decoded (header says {dur:.3f} s)')
+    n_valid = int(valid.sum())
+    if n_valid < n and not short:
+        raise CorruptMediaError(path, f'data ends after {n_valid} of {n} frames although the header says {dur:.3f} s '
+                                      '(truncated?)')
+    vid = np.empty((3,) + video.shape[:3], np.float32)        # in NumPy: torch's thread pool is slow here on a busy CPU
+    np.divide(video.transpose(3, 0, 1, 2), 255, out=vid)
+    out = dict(video=torch.from_numpy(vid), audio=None, start_s=float(start_s), duration_s=float(duration_s),
+               fps=float(fps), sample_rate=int(sample_rate), n_valid_frames=n_valid, n_valid_samples=0,
+               rotation=rotation, path=str(path))
+    if audio:
+        try: x, have = _decode_audio(c, path, v0 + start_s, duration_s, sample_rate)
+        except av.error.FFmpegError as e:
+            raise CorruptMediaError(path, f'audio decoding failed ({e.__class__.__name__}: {e})') from None
+        S, nv = len(x), int(have.sum())
+        tol = max(2, sample_rate // 100)                       # a shortfall of up to 10 ms is rounding, not a gap
+        if nv < S - tol:
+            a0, a1 = (t - v0 for t in stream_span(c.streams.audio[0], c))
+            lo, hi = max(start_s, a0), min(start_s + duration_s, a1 if math.isfinite(a1) else start_s + duration_s)
+            promised = int(round(max(0., hi - lo) * sample_rate))
+            if nv < promised - tol and not short:
+                raise CorruptMediaError(path, f'audio data holds {nv} of the {promised} samples its header promises in '
+                                        f'[{start_s:.3f}, {start_s + duration_s:.3f}] s (truncated?)')
+            if not allow_short:
+                if short:
+                    raise ShortClipError(path, f'audio window [{start_s:.3f}, {start_s + duration_s:.3f}] s asked but '
+                                               f'the audio lasts {a1:.3f} s')
+                raise AudioGapError(path, f'the audio covers {nv / sample_rate:.3f} s of the window [{start_s:.3f}, '
+                                          f'{start_s + duration_s:.3f}] s: it spans [{a0:.3f}, {a1:.3f}] s of the '
+                                          "video's clock")
+        else: nv = S
+        out['audio'] = torch.from_numpy(x); out['n_valid_samples'] = nv
     return out
 
 # %% ../nbs/07_media.ipynb #e33da1ab
@@ -258,19 +379,26 @@ def _is_int(s: str) -> bool:
     except (TypeError, ValueError): return False
 
 class ManifestDataset(torch.utils.data.Dataset):
-    "Clips of the videos listed in a CSV manifest, decoded with PyAV, with GDT's time-shift / reversal hooks and a bad-media policy."
+    """Clips of the videos listed in a CSV manifest, decoded with PyAV, with GDT's time-shift / reversal hooks and a
+    bad-media policy."""
     def __init__(self, csv_path, clip_duration: float = 1.0, fps: float = 16., sample_rate: int = 16000,
                  clips_per_video: int = 1, mode: str = 'train', transform: Callable | None = None,
                  on_error: str = 'raise', label_columns: Sequence[str] | None = None, size=None, audio: bool = True,
-                 time_shift_s: float | str | None = None, reverse: bool = False, seed: int | None = None):
+                 time_shift_s: float | str | None = None, reverse: bool = False, seed: int | None = None,
+                 rotate: bool = True):
         self.csv_path = Path(csv_path)
         if not self.csv_path.is_file(): raise FileNotFoundError(f"csv_path: manifest {self.csv_path} does not exist")
         check_range(clip_duration, 'clip_duration', 0, lo_open=True); check_range(fps, 'fps', 0, lo_open=True)
         check_range(sample_rate, 'sample_rate', 1); check_range(clips_per_video, 'clips_per_video', 1)
         if mode not in ('train', 'eval'): raise ValueError(f"mode must be 'train' or 'eval', got {mode!r}")
         if on_error not in POLICIES: raise ValueError(f"on_error must be one of {POLICIES}, got {on_error!r}")
-        if transform is not None and not callable(transform): raise TypeError(f"transform must be callable, got {type(transform).__name__}")
-        if not (time_shift_s is None or time_shift_s == 'random' or (isinstance(time_shift_s, (int, float)) and time_shift_s >= 0)):
+        if transform is not None and not callable(transform):
+            raise TypeError(f"transform must be callable, got {type(transform).__name__}")
+        if not (
+            time_shift_s is None
+            or time_shift_s == 'random'
+            or (isinstance(time_shift_s, (int, float)) and time_shift_s >= 0)
+        ):
             raise ValueError(f"time_shift_s must be None, 'random' or a number of seconds >= 0, got {time_shift_s!r}")
         with open(self.csv_path, newline='', encoding='utf-8') as fh: self.rows = list(csv.DictReader(fh))
         if not self.rows: raise ValueError(f"csv_path: manifest {self.csv_path} has no rows")
@@ -287,11 +415,12 @@ class ManifestDataset(torch.utils.data.Dataset):
         self.clip_duration, self.fps, self.sample_rate = float(clip_duration), float(fps), int(sample_rate)
         self.clips_per_video, self.mode, self.transform, self.on_error = int(clips_per_video), mode, transform, on_error
         self.size, self.audio, self.time_shift_s, self.reverse, self.seed = size, audio, time_shift_s, reverse, seed
+        self.rotate = bool(rotate)
         self.n_frames, self.n_samples = max(1, round(clip_duration * fps)), round(clip_duration * sample_rate)
         # the epoch and the bad-media counts live in shared memory: DataLoader workers (persistent ones too) see
         # `set_epoch` from the main process, and the main process sees the workers' counts
         self._epoch = multiprocessing.Value('q', 0)
-        self._probed = {}                     # video index -> duration probed from the file (manifest without durations)
+        self._probed = {}  # video index -> duration probed from the file (manifest without durations)
         self._counts = multiprocessing.Array('q', len(MEDIA_CASES) + len(_ACTIONS))
         self._transform_takes_generator = False
         if transform is not None:
@@ -373,32 +502,33 @@ class ManifestDataset(torch.utils.data.Dataset):
         return [t0, t0 + float(shift)]
 
     def load(self, video_index: int, start_s: float):
-        "Read the window at `start_s` of video `video_index` under the bad-media policy: a dict, or `None` when skipped."
+        """Read the window at `start_s` of video `video_index` under the bad-media policy: a dict, or `None` when
+        skipped."""
         path, policy, cases = self.path(video_index), self.on_error, []
         want_audio = self.audio
         for _ in range(3):
             try:
+                if cases and cases[-1] == 'short':   # the header promised more than there is: take the last window
+                    start_s = max(0., min(start_s, probe(path)['duration'] - self.clip_duration))
                 clip = read_clip(path, start_s, self.clip_duration, self.fps, self.size, self.sample_rate,
-                                 audio=want_audio, allow_short='short' in cases)
+                                 audio=want_audio, allow_short='short' in cases, rotate=self.rotate)
                 break
             except MediaError as e:
                 self._count(e.case)
                 if policy == 'raise': raise
-                if policy == 'skip' or e.case in ('missing', 'corrupt'):
+                if policy == 'skip' or e.case in ('missing', 'corrupt') or e.case in cases:
                     self._count('skipped'); return None
                 cases.append(e.case)
                 if e.case == 'no_audio': want_audio = False
-                if e.case == 'short':                            # the header was shorter than promised: take the last window there is
-                    start_s = max(0., min(start_s, probe(path)['duration'] - self.clip_duration))
-        else: raise RuntimeError(f"{path}: could not read the window at {start_s} s")  # unreachable: each case is met once
+        # unreachable: each case is met once
+        else: raise RuntimeError(f"{path}: could not read the window at {start_s} s")
         status = 'ok'
         if self.audio and 'no_audio' in cases:
             clip['audio'] = torch.zeros(self.n_samples); clip['n_valid_samples'] = 0
-        if 'short' in cases:
+        if 'short' in cases:                              # read_clip left missing audio (late, early-ending) at zero
             nv = clip['n_valid_frames']
             if nv < self.n_frames:
                 clip['video'][:, nv:] = clip['video'][:, nv - 1:nv] if policy == 'pad' else 0.
-            if self.audio: clip['audio'][clip['n_valid_samples']:] = 0.
         if cases:
             status = 'padded' if policy == 'pad' else 'silenced'
             self._count(status)
@@ -428,8 +558,10 @@ class ManifestDataset(torch.utils.data.Dataset):
             if self.audio: item['audio_shift'] = clips[1]['audio']
             if clips[1]['media_status'] != 'ok': item['media_status'] = clips[1]['media_status']
         if self.reverse:
-            for k in [k for k in ('video', 'video_shift') if k in item]: item[k + '_reversed'] = reverse_time(video=item[k])
-            for k in [k for k in ('audio', 'audio_shift') if k in item]: item[k + '_reversed'] = reverse_time(audio=item[k])
+            for k in [k for k in ('video', 'video_shift') if k in item]:
+                item[k + '_reversed'] = reverse_time(video=item[k])
+            for k in [k for k in ('audio', 'audio_shift') if k in item]:
+                item[k + '_reversed'] = reverse_time(audio=item[k])
         item.update({c: int(r[c]) for c in self.label_columns})
         item.update({c: r[c] for c in self.text_columns})
         if self.transform is not None:
@@ -437,9 +569,11 @@ class ManifestDataset(torch.utils.data.Dataset):
         return item
 
     def __repr__(self):
-        return (f"ManifestDataset({self.csv_path.name}: {len(self.rows)} videos x {self.clips_per_video} clips, mode={self.mode}, "
-                f"{self.clip_duration:g} s at {self.fps:g} fps, audio {self.sample_rate} Hz, on_error={self.on_error}, "
-                f"labels={list(self.label_columns)})")
+        return (
+            f"ManifestDataset({self.csv_path.name}: {len(self.rows)} videos x {self.clips_per_video} clips,"
+            f" mode={self.mode}, {self.clip_duration:g} s at {self.fps:g} fps, audio {self.sample_rate} Hz,"
+            f" on_error={self.on_error}, labels={list(self.label_columns)})"
+        )
 
 def collate_skip(items: list) -> dict:
     "Batch dataset items with `default_collate`, dropping `None` (skipped bad media); `{}` when every item was skipped."

@@ -4,7 +4,7 @@
 
 # %% ../nbs/02_models.ipynb #0a276177
 from __future__ import annotations
-import re
+import math, re
 from collections import Counter
 from typing import Callable, Iterable, Sequence
 import torch
@@ -16,9 +16,9 @@ from .core import check_tensor, check_range
 
 # %% auto #0
 __all__ = ['ENCODERS', 'count_parameters', 'check_video', 'check_spectrogram', 'conv2plus1d', 'TinyR2Plus1D', 'TinyAudioNet',
-           'ProjectionHead', 'R2Plus1D18', 'r2plus1d_18', 'AudioResNet9', 'tokenize', 'Vocabulary', 'bag_of_words',
-           'BagOfWordsEncoder', 'WordEmbeddingEncoder', 'register_encoder', 'build_encoder', 'encoder_summary',
-           'AVModel']
+           'PooledMLP', 'ProjectionHead', 'R2Plus1D18', 'r2plus1d_18', 'AudioResNet9', 'tokenize', 'Vocabulary',
+           'bag_of_words', 'BagOfWordsEncoder', 'WordEmbeddingEncoder', 'register_encoder', 'build_encoder',
+           'encoder_summary', 'AVModel']
 
 # %% ../nbs/02_models.ipynb #36e8cb05
 def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
@@ -27,13 +27,18 @@ def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
 
 # %% ../nbs/02_models.ipynb #59606958
 def _check_input(x, name: str, ndim: int, channels: int, layout: str, min_size: Sequence[int] = ()):
-    check_tensor(x, name, ndim=ndim, dtype='float', finite=x.device.type != 'meta' if isinstance(x, torch.Tensor) else True)
+    check_tensor(
+        x, name, ndim=ndim, dtype='float', finite=x.device.type != 'meta' if isinstance(x, torch.Tensor) else True
+    )
     if x.shape[1] != channels:
         raise ValueError(f"{name} must have shape {layout} with {channels} channel(s) on axis 1, got {tuple(x.shape)}")
     if x.shape[0] == 0: raise ValueError(f"{name} must hold at least one example, got shape {tuple(x.shape)}")
     for ax, m in zip(range(2, ndim), min_size):
         if x.shape[ax] < m:
-            raise ValueError(f"{name} must have shape {layout} with each of the last axes at least {tuple(min_size)}, got {tuple(x.shape)}")
+            raise ValueError(
+                f"{name} must have shape {layout} with each of the last axes at least {tuple(min_size)}, got"
+                f" {tuple(x.shape)}"
+            )
     return x
 
 def check_video(x, name: str = 'video', min_size: Sequence[int] = (1, 1, 1)) -> torch.Tensor:
@@ -50,25 +55,35 @@ def _norm(kind: str, c: int, dims: int) -> nn.Module:
     if kind == 'group': return nn.GroupNorm(min(8, c), c)
     raise ValueError(f"norm must be 'batch' or 'group', got {kind!r}")
 
-def conv2plus1d(c_in: int, c_out: int, spatial_stride: int = 1, temporal_stride: int = 1, norm: str = 'batch') -> nn.Sequential:
+def conv2plus1d(
+    c_in: int, c_out: int, spatial_stride: int = 1, temporal_stride: int = 1, norm: str = 'batch'
+) -> nn.Sequential:
     "A (2+1)D block: 1x3x3 spatial conv -> norm -> ReLU -> 3x1x1 temporal conv -> norm -> ReLU, on `(B, C, T, H, W)`."
     s, t = spatial_stride, temporal_stride
     return nn.Sequential(
-        nn.Conv3d(c_in, c_out, (1, 3, 3), (1, s, s), (0, 1, 1), bias=False), _norm(norm, c_out, 3), nn.ReLU(inplace=True),
-        nn.Conv3d(c_out, c_out, (3, 1, 1), (t, 1, 1), (1, 0, 0), bias=False), _norm(norm, c_out, 3), nn.ReLU(inplace=True))
+        nn.Conv3d(c_in, c_out, (1, 3, 3), (1, s, s), (0, 1, 1), bias=False),
+        _norm(norm, c_out, 3),
+        nn.ReLU(inplace=True),
+        nn.Conv3d(c_out, c_out, (3, 1, 1), (t, 1, 1), (1, 0, 0), bias=False),
+        _norm(norm, c_out, 3),
+        nn.ReLU(inplace=True),
+    )
 
 def _conv_bn_relu(c_in: int, c_out: int, stride: int = 1, norm: str = 'batch') -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False), _norm(norm, c_out, 2), nn.ReLU(inplace=True))
 
 # %% ../nbs/02_models.ipynb #4a8b664b
 class TinyR2Plus1D(nn.Module):
-    "A small R(2+1)D video encoder for CPU demos: `(B, 3, T, H, W)` float -> `(B, out_dim)` (or `(B, 4*width)` if `out_dim=None`)."
+    """A small R(2+1)D video encoder for CPU demos: `(B, 3, T, H, W)` float -> `(B, out_dim)` (or `(B, 4*width)` if
+    `out_dim=None`)."""
     def __init__(self, out_dim: int | None = 128, width: int = 16, norm: str = 'batch'):
         super().__init__()
         check_range(width, 'width', 1)
         if out_dim is not None: check_range(out_dim, 'out_dim', 1)
         w = width
-        self.stem = nn.Sequential(nn.Conv3d(3, w, (1, 4, 4), (1, 4, 4), bias=False), _norm(norm, w, 3), nn.ReLU(inplace=True))
+        self.stem = nn.Sequential(
+            nn.Conv3d(3, w, (1, 4, 4), (1, 4, 4), bias=False), _norm(norm, w, 3), nn.ReLU(inplace=True)
+        )
         self.layer1 = conv2plus1d(w, w, norm=norm)
         self.layer2 = conv2plus1d(w, 2 * w, 2, 2, norm=norm)
         self.layer3 = conv2plus1d(2 * w, 4 * w, 2, 2, norm=norm)
@@ -105,6 +120,36 @@ class TinyAudioNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.feature_map(x).mean(dim=(2, 3)))
 
+# %% ../nbs/02_models.ipynb #839c1bd8
+class PooledMLP(nn.Module):
+    """Average-pool the input to `grid`, flatten, standardise (BatchNorm without affine parameters) and a two-layer MLP.
+    Video `(B, channels, T, H, W)` with a 3-d `grid` (`motion=True` adds the pooled clip's frame differences) or a
+    spectrogram `(B, channels, n_mels, frames)` with a 2-d `grid` -> `(B, out_dim)`."""
+    def __init__(self, grid: Sequence[int] = (8, 4, 4), channels: int = 3, hidden: int = 64, out_dim: int = 32,
+                 motion: bool = False):
+        super().__init__()
+        self.grid = tuple(int(g) for g in grid)
+        if len(self.grid) not in (2, 3) or min(self.grid) < 1:
+            raise ValueError(f"grid must hold 2 (spectrogram) or 3 (video) positive sizes, got {grid!r}")
+        for name, v in (('channels', channels), ('hidden', hidden), ('out_dim', out_dim)): check_range(v, name, 1)
+        if motion and (len(self.grid) != 3 or self.grid[0] < 2):
+            raise ValueError(f"motion needs a video grid (T, h, w) with T >= 2, got grid={grid!r}")
+        self.channels, self.motion, self.out_dim = channels, motion, out_dim
+        cells = math.prod(self.grid)
+        self.in_dim = channels * cells + (channels * cells // self.grid[0] * (self.grid[0] - 1) if motion else 0)
+        self.net = nn.Sequential(nn.BatchNorm1d(self.in_dim, affine=False), nn.Linear(self.in_dim, hidden),
+                                 nn.BatchNorm1d(hidden), nn.ReLU(inplace=True), nn.Linear(hidden, out_dim))
+
+    def pooled(self, x: torch.Tensor) -> torch.Tensor:
+        "The flattened input of the MLP: the pooled grid (and its frame differences), `(B, in_dim)`."
+        check_tensor(x, 'x', ndim=len(self.grid) + 2, dtype='float', finite=x.device.type != 'meta')
+        check_tensor(x, 'x', shape=(None, self.channels) + (None,) * len(self.grid), finite=False)
+        p = (F.adaptive_avg_pool3d if len(self.grid) == 3 else F.adaptive_avg_pool2d)(x, self.grid)
+        parts = [p.flatten(1)] + ([(p[:, :, 1:] - p[:, :, :-1]).flatten(1)] if self.motion else [])
+        return torch.cat(parts, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor: return self.net(self.pooled(x))
+
 # %% ../nbs/02_models.ipynb #9fbaa916
 class ProjectionHead(nn.Module):
     "MLP `in_dim -> hidden_dim (x n_layers-1) -> out_dim` (ReLU between, optional BatchNorm), L2-normalised output."
@@ -129,13 +174,20 @@ class ProjectionHead(nn.Module):
 
 # %% ../nbs/02_models.ipynb #0aa63ce9
 class R2Plus1D18(nn.Module):
-    "torchvision's R(2+1)D-18 trunk, untrained: `(B, 3, T, H, W)` -> `(B, 512)` features, or `(B, out_dim)` through a linear layer."
+    """torchvision's R(2+1)D-18 trunk, untrained: `(B, 3, T, H, W)` -> `(B, 512)` features, or `(B, out_dim)` through a
+    linear layer."""
     feature_dim = 512
     def __init__(self, out_dim: int | None = None):
         super().__init__()
         if out_dim is not None: check_range(out_dim, 'out_dim', 1)
         net = _tv_r2plus1d_18(weights=None)
-        self.stem, self.layer1, self.layer2, self.layer3, self.layer4 = net.stem, net.layer1, net.layer2, net.layer3, net.layer4
+        self.stem, self.layer1, self.layer2, self.layer3, self.layer4 = (
+            net.stem,
+            net.layer1,
+            net.layer2,
+            net.layer3,
+            net.layer4,
+        )
         self.out_dim = out_dim or self.feature_dim
         self.fc = nn.Linear(self.feature_dim, out_dim) if out_dim is not None else nn.Identity()
 
@@ -153,14 +205,16 @@ def r2plus1d_18(out_dim: int | None = None) -> R2Plus1D18:
 
 # %% ../nbs/02_models.ipynb #68ad131d
 class AudioResNet9(nn.Module):
-    "The 9-layer audio ResNet of GDT/SeLaVi: `(B, 1, n_mels, frames)` -> `(B, 512)` (trunk 4,899,520 parameters), or `(B, out_dim)`."
+    """The 9-layer audio ResNet of GDT/SeLaVi: `(B, 1, n_mels, frames)` -> `(B, 512)` (trunk 4,899,520 parameters), or
+    `(B, out_dim)`."""
     feature_dim = 512
     def __init__(self, out_dim: int | None = None):
         super().__init__()
         if out_dim is not None: check_range(out_dim, 'out_dim', 1)
         net = ResNet(BasicBlock, [1, 1, 1, 1])
         net.conv1 = nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
-        nn.init.kaiming_normal_(net.conv1.weight, mode='fan_out', nonlinearity='relu')  # as ResNet initialises its convs
+        # as ResNet initialises its convs
+        nn.init.kaiming_normal_(net.conv1.weight, mode='fan_out', nonlinearity='relu')
         self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
         self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
         self.out_dim = out_dim or self.feature_dim
@@ -232,18 +286,23 @@ class Vocabulary:
 def _check_ids(ids, vocab_size: int, name: str = 'token_ids'):
     check_tensor(ids, name, ndim=2, dtype='int')
     if ids.numel() and ids.device.type != 'meta' and (ids.min() < 0 or ids.max() >= vocab_size):
-        raise ValueError(f"{name} must hold ids in [0, {vocab_size}) (the vocabulary size), got range [{int(ids.min())}, {int(ids.max())}]")
+        raise ValueError(
+            f"{name} must hold ids in [0, {vocab_size}) (the vocabulary size), got range [{int(ids.min())},"
+            f" {int(ids.max())}]"
+        )
     return ids
 
 def bag_of_words(token_ids: torch.Tensor, vocab_size: int, binary: bool = True, pad_id: int = 0) -> torch.Tensor:
-    "`(B, L)` padded ids -> `(B, vocab_size)` float bag (1 if the word occurs when `binary`, else its count); padding ignored."
+    """`(B, L)` padded ids -> `(B, vocab_size)` float bag (1 if the word occurs when `binary`, else its count); padding
+    ignored."""
     _check_ids(token_ids, vocab_size)
     bag = torch.zeros(token_ids.shape[0], vocab_size, device=token_ids.device)
     bag.scatter_add_(1, token_ids, (token_ids != pad_id).float())
     return bag.clamp_(max=1.) if binary else bag
 
 class BagOfWordsEncoder(nn.Module):
-    "Bag of words over a vocabulary then a linear layer: `(B, L)` ids -> `(B, out_dim)` (the raw bag if `out_dim=None`)."
+    """Bag of words over a vocabulary then a linear layer: `(B, L)` ids -> `(B, out_dim)` (the raw bag if
+    `out_dim=None`)."""
     def __init__(self, vocab_size: int, out_dim: int | None = 128, binary: bool = True):
         super().__init__()
         check_range(vocab_size, 'vocab_size', 2)
@@ -257,18 +316,24 @@ class BagOfWordsEncoder(nn.Module):
         return self.fc(bag_of_words(token_ids, self.vocab_size, self.binary))
 
 class WordEmbeddingEncoder(nn.Module):
-    "Word embeddings -> per-token MLP -> max-pool over tokens: `(B, L)` ids -> `(B, out_dim)`. Texts with no tokens give zeros."
+    """Word embeddings -> per-token MLP -> max-pool over tokens: `(B, L)` ids -> `(B, out_dim)`. Texts with no tokens
+    give zeros."""
     def __init__(self, vocab_size: int, embed_dim: int = 300, out_dim: int = 2048, hidden_dim: int | None = None,
                  embeddings: torch.Tensor | None = None, freeze_embeddings: bool = False):
         super().__init__()
-        check_range(vocab_size, 'vocab_size', 2); check_range(embed_dim, 'embed_dim', 1); check_range(out_dim, 'out_dim', 1)
+        check_range(vocab_size, 'vocab_size', 2)
+        check_range(embed_dim, 'embed_dim', 1)
+        check_range(out_dim, 'out_dim', 1)
         self.vocab_size, self.out_dim = vocab_size, out_dim
         self.embedding = nn.Embedding(vocab_size, embed_dim, padding_idx=0)
         if embeddings is not None:  # e.g. word2vec vectors in vocabulary order
             check_tensor(embeddings, 'embeddings', shape=(vocab_size, embed_dim), dtype='float')
             with torch.no_grad(): self.embedding.weight.copy_(embeddings); self.embedding.weight[0].zero_()
         self.embedding.weight.requires_grad_(not freeze_embeddings)
-        if hidden_dim: self.mlp = nn.Sequential(nn.Linear(embed_dim, hidden_dim), nn.ReLU(inplace=True), nn.Linear(hidden_dim, out_dim))
+        if hidden_dim:
+            self.mlp = nn.Sequential(
+                nn.Linear(embed_dim, hidden_dim), nn.ReLU(inplace=True), nn.Linear(hidden_dim, out_dim)
+            )
         else: self.mlp = nn.Linear(embed_dim, out_dim)  # GDT: "linearly projected to 2048D and max-pooled"
 
     def token_features(self, token_ids: torch.Tensor) -> torch.Tensor:
@@ -288,31 +353,45 @@ def register_encoder(name: str, factory: Callable[..., nn.Module] | None = None)
     "Register `factory` (a class or function returning an `nn.Module`) under `name`; usable as a decorator."
     if not isinstance(name, str) or not name: raise ValueError(f"name must be a non-empty str, got {name!r}")
     def deco(f):
-        if name in ENCODERS and ENCODERS[name] is not f: raise ValueError(f"an encoder named {name!r} is already registered")
+        if name in ENCODERS and ENCODERS[name] is not f:
+            raise ValueError(f"an encoder named {name!r} is already registered")
         ENCODERS[name] = f; return f
     return deco(factory) if factory is not None else deco
 
 def build_encoder(name: str, **kwargs) -> nn.Module:
-    "Build the encoder registered as `name` with keyword arguments `kwargs` (what a config's `{name: ..., **kwargs}` gives)."
+    """Build the encoder registered as `name` with keyword arguments `kwargs` (what a config's `{name: ..., **kwargs}`
+    gives)."""
     if name not in ENCODERS:
         raise ValueError(f"unknown encoder {name!r}; registered encoders: {', '.join(sorted(ENCODERS))}")
     try: return ENCODERS[name](**kwargs)
     except TypeError as e: raise TypeError(f"bad arguments for encoder {name!r}: {e}") from e
 
-for _n, _f in [('tiny_r2plus1d', TinyR2Plus1D), ('tiny_audio', TinyAudioNet), ('r2plus1d_18', r2plus1d_18),
-               ('audio_resnet9', AudioResNet9), ('bow_text', BagOfWordsEncoder), ('word_embedding_text', WordEmbeddingEncoder),
-               ('projection_head', ProjectionHead)]:
+for _n, _f in [
+    ('tiny_r2plus1d', TinyR2Plus1D),
+    ('tiny_audio', TinyAudioNet),
+    ('r2plus1d_18', r2plus1d_18),
+    ('audio_resnet9', AudioResNet9),
+    ('bow_text', BagOfWordsEncoder),
+    ('word_embedding_text', WordEmbeddingEncoder),
+    ('projection_head', ProjectionHead),
+    ('pooled_mlp', PooledMLP),
+]:
     register_encoder(_n, _f)
 
 # %% ../nbs/02_models.ipynb #5f480aed
 def encoder_summary(specs: dict) -> 'pandas.DataFrame':
-    "One row per `name: (module, example_input_shape, dtype)`: parameters, output shape and pre-pooling feature map (computed on `meta`)."
+    """One row per `name: (module, example_input_shape, dtype)`: parameters, output shape and pre-pooling feature map
+    (computed on `meta`)."""
     import pandas as pd
     rows = []
     for name, (module, shape, *dt) in specs.items():
         dtype = dt[0] if dt else torch.float32
         meta = _meta_copy(module)
-        x = torch.zeros(shape, dtype=dtype, device='meta') if dtype.is_floating_point else torch.ones(shape, dtype=dtype, device='meta')
+        x = (
+            torch.zeros(shape, dtype=dtype, device='meta')
+            if dtype.is_floating_point
+            else torch.ones(shape, dtype=dtype, device='meta')
+        )
         with torch.no_grad():
             out = meta(x)
             fmap = meta.feature_map(x) if hasattr(meta, 'feature_map') else None

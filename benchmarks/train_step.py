@@ -7,9 +7,9 @@ Prints videos/s (and transformations/s) of a full training step (views, forward,
 to a forward-only pass of the same views measured in the same run (these machines are noisy; ratios are what to
 compare). On a GPU it also compares bf16 autocast, channels_last_3d and torch.compile against fp32 eager.
 
-    python benchmarks/train_step.py [--batch 2] [--steps 1] [--config configs/gdt_k400.yaml]
+    python benchmarks/train_step.py [--batch 2] [--steps 1] [--config configs/gdt_k400.yaml] [--json out.json]
 """
-import argparse, contextlib, time
+import argparse, contextlib, json, time
 import torch
 from avlearn.core import seed_everything
 from avlearn.engine.config import load_config
@@ -20,12 +20,15 @@ p = argparse.ArgumentParser()
 p.add_argument('--batch', type=int, default=None, help='videos per step (default: 2 on CPU, 16 on GPU)')
 p.add_argument('--steps', type=int, default=None, help='timed steps per variant (default: 1 on CPU, 10 on GPU)')
 p.add_argument('--config', default='configs/gdt_k400.yaml')
+p.add_argument('--json', default=None, help='also write the numbers to this JSON file')
+p.add_argument('--set', nargs='*', default=[], help='config overrides key.sub=value (e.g. tiny encoders for a smoke run)')
+p.add_argument('--no_compile', action='store_true', help='skip the torch.compile variant')
 args = p.parse_args()
 cuda = torch.cuda.is_available()
 dev = torch.device('cuda' if cuda else 'cpu')
 B = args.batch or (16 if cuda else 2)
 steps = args.steps or (10 if cuda else 1)
-cfg = load_config(args.config)
+cfg = load_config(args.config, args.set)
 d = cfg.data
 T, S = int(round(d.clip_duration * d.fps)), int(round(d.clip_duration * d.sample_rate))
 g = torch.Generator().manual_seed(0)
@@ -68,8 +71,13 @@ fwd = run(fresh(), train=False)
 trn = run(fresh(), train=True)
 print(f"forward only, no grad (reference): {fwd:8.3f} videos/s ({fwd * views:8.2f} transformations/s)")
 print(f"train step fp32 eager            : {trn:8.3f} videos/s ({trn * views:8.2f} transformations/s) = {trn / fwd:.2f} x forward-only")
+out = dict(device=torch.cuda.get_device_name() if cuda else 'cpu', method=cfg.method, batch=B, steps=steps,
+           video_shape=list(batch['video'].shape[1:]), videos_per_s=dict(forward_only=fwd, fp32=trn))
 if cuda:
-    for name, kw, prec in [('bf16 autocast', {}, 'bf16'), ('bf16 + channels_last_3d', dict(channels_last=True), 'bf16'),
-                           ('bf16 + torch.compile', dict(compile=True), 'bf16')]:
+    variants = [('bf16 autocast', {}, 'bf16'), ('bf16 + channels_last_3d', dict(channels_last=True), 'bf16')]
+    if not args.no_compile: variants.append(('bf16 + torch.compile', dict(compile=True), 'bf16'))
+    for name, kw, prec in variants:
         r = run(fresh(**kw), train=True, precision=prec, channels_last=kw.get('channels_last', False))
+        out['videos_per_s'][name] = r
         print(f"train step {name:<22}: {r:8.3f} videos/s = {r / trn:.2f} x fp32 eager")
+if args.json: open(args.json, 'w').write(json.dumps(out, indent=1))

@@ -1,11 +1,17 @@
 """Heavier checks of avlearn.attention: every kernel against the loop reference over several layouts, the exact
-cases of the approximations, gradients, and clear errors for bad shapes."""
+cases of the approximations, gradients, clear errors for bad shapes; the chunked kernels against their matrix formulas,
+the FAVOR+ estimator's unbiasedness and variance, and the structured-input error tools."""
+import math
+from pathlib import Path
 import pytest
 import torch
+from avlearn.papers.motionformer import motionformer
 import torch.nn as nn
 from avlearn.attention import (exact_attention, joint_attention, space_attention, time_attention, trajectory_attention,
                                orthoformer_attention, select_prototypes, nystrom_attention, performer_attention,
-                               naive_video_attention, attention, VideoAttention, segment_means, performer_features)
+                               naive_video_attention, attention, VideoAttention, segment_means, performer_features,
+                               softmax_attend, iterative_pinv, favor_features, relative_error, mean_value_attention,
+                               subset_attention, clustered_qkv, ordering_verdict, motionformer_qkv)
 
 
 @pytest.mark.parametrize('T,S,cls', [(1, 5, True), (2, 3, False), (4, 2, True), (3, 4, True)])
@@ -151,3 +157,149 @@ def test_performer_given_features_equal_generated():
     W = performer_features(32, 8, torch.Generator().manual_seed(0))
     assert torch.equal(performer_attention(q, k, v, features=W),
                        performer_attention(q, k, v, 32, generator=torch.Generator().manual_seed(0)))
+
+
+# ---- chunked, memory-light kernels -------------------------------------------------------------------------------
+
+def test_softmax_attend_fused_and_chunked_paths_with_gradients():
+    g = torch.Generator().manual_seed(6)
+    a = torch.randn(2, 3, 700, 8, generator=g, requires_grad=True); b = torch.randn(2, 3, 9, 8, generator=g)
+    for dx in (8, 5):                                                         # fused (Dx = D), then row chunks
+        x = torch.randn(2, 3, 9, dx, generator=g, requires_grad=True)
+        ref = (a @ b.mT / math.sqrt(8)).softmax(-1) @ x
+        out = softmax_attend(a, b, x)
+        assert torch.allclose(out, ref, atol=1e-5)
+        grads = torch.autograd.grad(out.square().sum(), (a, x))
+        ref_grads = torch.autograd.grad(ref.square().sum(), (a, x))
+        assert all(torch.allclose(g_, r_, atol=1e-4) for g_, r_ in zip(grads, ref_grads))
+
+
+def test_orthoformer_and_nystrom_equal_their_matrix_formulas():
+    "The fused / chunked forms compute exactly eq. 10 and Algorithm 2 written with explicit softmax matrices."
+    g = torch.Generator().manual_seed(7)
+    q, k, v = torch.randn(3, 2, 300, 16, generator=g).unbind(0)
+    P = select_prototypes(q, k, 12, generator=torch.Generator().manual_seed(0))
+    S = lambda x, y: (x @ y.mT / 4).softmax(-1)
+    assert torch.allclose(orthoformer_attention(q, k, v, prototypes=P), S(q, P) @ (S(P, k) @ v), atol=1e-5)
+    pq, pk = segment_means(q, 12), segment_means(k, 12)
+    ref = S(q, pk) @ (iterative_pinv(S(pq, pk)) @ (S(pq, k) @ v))
+    assert torch.allclose(nystrom_attention(q, k, v, 12), ref, atol=1e-4)
+    v5 = v[..., :5]                                                             # Dv != D: the chunked path
+    assert torch.allclose(orthoformer_attention(q, k, v5, prototypes=P), S(q, P) @ (S(P, k) @ v5), atol=1e-5)
+
+
+def _greedy_with_table(cand, R):
+    "Reference for Algorithm 1's greedy step with the full |cos| table (what the code avoids holding)."
+    u = torch.nn.functional.normalize(cand, dim=-1); cos = (u @ u.T).abs()
+    picks = [0]
+    for _ in range(R - 1):
+        worst = cos[picks].amax(0); worst[picks] = float('inf'); picks.append(int(worst.argmin()))
+    return cand[picks]
+
+
+def test_orthogonal_selection_equals_greedy_reference():
+    g = torch.Generator().manual_seed(8)
+    q, k = torch.randn(2, 40, 8, generator=g).unbind(0)
+    # with c*R = N + M candidates, every query and key is a candidate; the random order only fixes the first pick
+    P = select_prototypes(q, k, 20, oversample=4, generator=torch.Generator().manual_seed(1))
+    allv = torch.cat([q, k])
+    first = int(torch.cdist(P[:1], allv).argmin())
+    cand = torch.cat([allv[first:first + 1], allv[torch.arange(80) != first]])
+    assert torch.allclose(P, _greedy_with_table(cand, 20))
+
+
+def test_segment_means_uneven_segments_match_loop():
+    x = torch.randn(2, 3, 23, 4)
+    edges = [-(-i * 23 // 5) for i in range(6)]                                # ceil(i N / R): contiguous, near-equal
+    ref = torch.stack([x[..., a:b, :].mean(-2) for a, b in zip(edges, edges[1:])], -2)
+    assert torch.allclose(segment_means(x, 5), ref, atol=1e-6)
+
+
+def test_performer_is_the_favor_ratio_chunked_and_differentiable():
+    g = torch.Generator().manual_seed(9)
+    q, k, v = (0.7 * torch.randn(3, 1, 1200, 16, generator=g)).unbind(0)
+    q.requires_grad_(); k.requires_grad_()
+    W = performer_features(64, 16, torch.Generator().manual_seed(0))           # 1200 tokens: 3 chunks of 512
+    out = performer_attention(q, k, v, features=W)
+    fq, fk = favor_features(q / 2, W), favor_features(k / 2, W)
+    ref = (fq @ (fk.mT @ v)) / (fq @ fk.sum(-2)[..., None])
+    assert torch.allclose(out, ref, atol=1e-4)
+    gq, gk = torch.autograd.grad(out.square().sum(), (q, k)); rq, rk = torch.autograd.grad(ref.square().sum(), (q, k))
+    assert torch.allclose(gq, rq, atol=1e-3, rtol=1e-3) and torch.allclose(gk, rk, atol=1e-3, rtol=1e-3)
+
+
+def test_performer_no_underflow_on_sharp_inputs():
+    "Large |q|, |k| (logits in the hundreds): the stabilisers keep every output finite and a convex mix of values."
+    g = torch.Generator().manual_seed(10)
+    q, k = (6 * torch.randn(2, 1, 2000, 64, generator=g)).unbind(0); v = torch.rand(1, 2000, 64, generator=g)
+    out = performer_attention(q, k, v, 64, generator=g)
+    assert torch.isfinite(out).all() and (out >= -1e-6).all() and (out <= 1 + 1e-6).all()
+
+
+# ---- FAVOR+ estimator: unbiased, with the published variance -----------------------------------------------------
+
+def _kernel_estimates(x, y, n, orthogonal, seed):
+    "n independent estimates with m = D features: performer_features draws its D x D blocks independently."
+    D = x.numel()
+    W = performer_features(n * D, D, torch.Generator().manual_seed(seed), orthogonal).reshape(n, D, D)
+    return (favor_features(x.expand(n, 1, -1), W) * favor_features(y.expand(n, 1, -1), W)).sum(-1).squeeze(-1).double()
+
+
+@pytest.mark.parametrize('seed', [0, 1, 2])
+def test_favor_unbiased_with_lemma_2_variance(seed):
+    "E[phi(x).phi(y)] = exp(x.y); iid variance = SM^2 (exp|x+y|^2 - 1) / m (Lemma 2); orthogonal rows lower it."
+    g = torch.Generator().manual_seed(seed)
+    x, y = 0.6 * torch.nn.functional.normalize(torch.randn(2, 16, generator=g), dim=-1)            # |x| = |y| = 0.6
+    sm = math.exp(x @ y); var_iid = sm ** 2 * (math.exp(((x + y) ** 2).sum()) - 1) / 16
+    iid, orth = (_kernel_estimates(x, y, 20000, o, 100 + seed) for o in (False, True))
+    for e in (iid, orth): assert abs(e.mean() - sm) < 4 * e.std() / math.sqrt(len(e)), (e.mean(), sm)
+    assert abs(iid.var() / var_iid - 1) < 0.1, (iid.var(), var_iid)
+    assert orth.var() < 0.9 * var_iid, (orth.var(), var_iid)
+
+
+def test_orthogonal_features_have_uniform_directions():
+    "QR without the sign fix gives W[0, 0] < 0 always (biased directions); Haar rows have either sign equally often."
+    W = performer_features(8 * 2000, 8, torch.Generator().manual_seed(11)).reshape(2000, 8, 8)   # 2000 blocks
+    frac = (W[:, :, 0] > 0).float().mean(0)                                    # per row: P(first coordinate > 0)
+    assert ((frac > 0.45) & (frac < 0.55)).all(), frac
+    gram = W[0] @ W[0].T
+    assert torch.allclose(gram - torch.diag(gram.diagonal()), torch.zeros(8, 8), atol=1e-4)
+
+
+# ---- error on structured inputs ----------------------------------------------------------------------------------
+
+def test_orthoformer_beats_trivial_baselines_on_clustered_tokens():
+    q, k, v = clustered_qkv(1024, generator=torch.Generator().manual_seed(0))
+    ref = exact_attention(q, k, v)
+    g = lambda: torch.Generator().manual_seed(0)
+    ortho = relative_error(orthoformer_attention(q, k, v, 64, generator=g()), ref)
+    assert ortho < 0.5 * relative_error(mean_value_attention(q, k, v), ref)
+    assert ortho < 0.5 * relative_error(subset_attention(q, k, v, 64, g()), ref)
+
+
+def test_ordering_verdict_rules():
+    import pandas as pd
+    order = ('a', 'b', 'c')
+    def verdict(errs):   # errs: {method: [error per seed]}
+        rows = [(m, 16, s, e) for m, es in errs.items() for s, e in enumerate(es)]
+        return ordering_verdict(pd.DataFrame(rows, columns=['method', 'R', 'seed', 'error']), order, 16)[0]
+    c = [.5, .52, .5]
+    assert verdict({'a': [.1, .11, .12], 'b': [.2, .22, .21], 'c': c}) == 'holds'
+    assert verdict({'a': [.3, .31, .32], 'b': [.2, .22, .21], 'c': c}) == 'contradicted'
+    assert verdict({'a': [.1, .3, .2], 'b': [.2, .1, .3], 'c': c}) == 'not separated'
+    assert verdict({'a': [.1], 'b': [.2], 'c': [.5]}).startswith('one seed')
+    errs = {'a': [.1, .11, .12], 'b': [.2, .22, .21], 'c': c}
+    rows = [(m, 16, s, e) for m, es in errs.items() for s, e in enumerate(es)]
+    _, steps = ordering_verdict(pd.DataFrame(rows, columns=['method', 'R', 'seed', 'error']), order, 16)
+    assert [s[0] for s in steps] == ['a < b', 'b < c'] and all(d < 0 for _, d, _ in steps)
+
+
+def test_motionformer_tokens_from_fixture():
+    fixture = Path(__file__).resolve().parents[1] / 'benchmarks' / 'fixtures' / 'motionformer_toy.pt'
+    assert fixture.exists() and fixture.stat().st_size < 1_000_000
+    q, k, v = motionformer_qkv(fixture, 700, seed=0, build=motionformer)      # 700 tokens: two clips, cut
+    assert q.shape == k.shape == v.shape == (1, 1, 700, 64) and torch.isfinite(q).all()
+    q2, _, _ = motionformer_qkv(fixture, 700, seed=0, build=motionformer)
+    q0, _, _ = motionformer_qkv(fixture, 700, layer=0, seed=0, build=motionformer)
+    assert torch.equal(q, q2) and not torch.allclose(q, q0)
+    assert torch.load(fixture, weights_only=True)['train']['steps'] > 0       # a trained model, not an initialisation

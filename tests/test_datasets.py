@@ -196,7 +196,8 @@ def test_resize_videos_shared_files_broken_files_and_cli(toy, tmp_path):
     r = subprocess.run([sys.executable, str(script), str(m),
                         str(tmp_path / 'dst'), '--short_side', '32', '--workers', '2'],
                        capture_output=True, text=True, env=env, timeout=240)
-    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.returncode == 1, r.stderr[-2000:]          # broken sources: a non-zero exit (issue 22 item 8; was 0)
+    assert 'avlearn-resize: error: 2 of 5 source files are broken' in r.stderr
     assert 'resized 3 of 5 files' in r.stdout and '2 broken' in r.stdout and 'gone.mp4' in r.stdout, r.stdout
     out = _rows(tmp_path / 'dst' / 'm.csv')
     assert [(x['path'], x['label']) for x in out] == [('v0.mp4', '0'), ('v0.mp4', '1'), ('v1.mp4', '2'), ('v2.mp4', '5')]
@@ -278,3 +279,75 @@ def test_ucf101_avi_to_resized_mp4_and_manifest_cli(toy, tmp_path, capsys):
     out = capsys.readouterr().out
     assert 'ucf101: 1 rows' in out and '0 missing' in out
     assert [r['label'] for r in _rows(tmp_path / 'test.csv')] == ['1']
+
+
+def test_resize_verifies_outputs_truncated_rotated_and_offset_sources(toy, tmp_path):
+    "Truncated sources are broken (non-zero exit, no row); rotated ones come out upright; offset ones stay in sync."
+    from avlearn.media import write_av_file
+    world, files = toy
+    r = world.render(0); v = (r['video'] * 255).round().astype(np.uint8); a = r['audio']
+    src = tmp_path / 'src'
+    write_av_file(src / 'whole.mp4', v, a, fps=16, sample_rate=16000, faststart=True)
+    with av.open(str(src / 'whole.mp4')) as c: pos = [p.pos for p in c.demux(video=0) if p.pos]
+    raw = (src / 'whole.mp4').read_bytes(); (src / 'cut.mp4').write_bytes(raw[:pos[8]])   # header kept, 8 frames left
+    portrait = np.ascontiguousarray(v[:, :, 16:48])                                   # 64 x 32, as displayed
+    write_av_file(src / 'phone.mp4', np.ascontiguousarray(np.rot90(portrait, -1, axes=(1, 2))), a, fps=16,
+                  sample_rate=16000, rotation=90)
+    write_av_file(src / 'late.mp4', v, a[:8000], fps=16, sample_rate=16000, start_s=1.47, audio_offset_s=0.5)
+    m = write_manifest([dict(path=p, label=i, duration='1') for i, p in enumerate(['whole.mp4', 'cut.mp4', 'phone.mp4',
+                                                                                     'late.mp4'])], src / 'm.csv')
+    assert read_clip(src / 'cut.mp4', 0., 0.4, audio=False)['n_valid_frames'] > 0       # it decodes: only lengths tell
+    env = {**os.environ, 'PYTHONPATH': str(Path(__file__).resolve().parents[1])}
+    script = tmp_path / 'avlearn-resize'
+    script.write_text('import sys\nfrom avlearn.datasets import resize_cli\n'
+                      'if __name__ == "__main__":\n    sys.exit(resize_cli())\n')
+    run = subprocess.run([sys.executable, str(script), str(m), str(tmp_path / 'dst'), '--short_side', '32'],
+                         capture_output=True, text=True, env=env, timeout=240)
+    assert run.returncode == 1 and 'cut.mp4' in run.stdout and 'truncated' in run.stdout, run.stderr[-2000:]
+    rows = _rows(tmp_path / 'dst' / 'm.csv')
+    assert [x['path'] for x in rows] == ['whole.mp4', 'phone.mp4', 'late.mp4']
+    assert not (tmp_path / 'dst' / 'cut.mp4').exists()
+    assert all(x['duration'] == '1.000' for x in rows)                       # measured on the outputs
+    up = read_clip(tmp_path / 'dst' / 'phone.mp4', 0., 1., audio=False)
+    assert probe(tmp_path / 'dst' / 'phone.mp4')['rotation'] == 0 and up['video'].shape == (3, 16, 64, 32)
+    ref = torch.from_numpy(portrait).permute(3, 0, 1, 2).float() / 255
+    assert (up['video'] - ref).abs().mean() < 0.03
+    late_src, late_dst = (read_clip(d / 'late.mp4', 0.5, 0.5, allow_short=True) for d in (src, tmp_path / 'dst'))
+    assert late_dst['n_valid_samples'] == late_src['n_valid_samples'] == 8000
+    assert torch.corrcoef(torch.stack([late_src['audio'], late_dst['audio']]))[0, 1] > 0.9
+    # a second run keeps the outputs, checks them against the sources' headers, and still reports the broken one
+    again = resize_videos(m, tmp_path / 'dst', short_side=32, progress=False)
+    assert (again.n_existing, again.n_broken, again.n_rows) == (3, 1, 3)
+    # every source broken: no manifest, and the report says so
+    write_manifest([dict(path='cut.mp4', label=0)], src / 'only_cut.csv')
+    none = resize_videos(src / 'only_cut.csv', tmp_path / 'dst2', short_side=32, progress=False)
+    assert none.manifest is None and none.n_rows == 0 and 'no manifest written' in repr(none)
+
+
+def test_toyworld_cli_refuses_to_overwrite_without_force(tmp_path):
+    cmd = [str(Path(sys.executable).parent / 'avlearn-toyworld'), '--out', str(tmp_path), '--n', '2', '--n_frames', '4',
+           '--size', '16']
+    env = {**os.environ, 'PYTHONPATH': str(Path(__file__).resolve().parents[1])}
+    assert subprocess.run(cmd, capture_output=True, env=env).returncode == 0
+    (tmp_path / 'manifest.csv').write_text('path,label\nmine.mp4,0\n')                # a manifest someone edited
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    assert r.returncode == 1 and '--force' in r.stderr and 'Traceback' not in r.stderr
+    assert (tmp_path / 'manifest.csv').read_text() == 'path,label\nmine.mp4,0\n'
+    assert subprocess.run(cmd + ['--force'], capture_output=True, env=env).returncode == 0
+    assert len(_rows(tmp_path / 'manifest.csv')) == 2
+
+
+def test_one_write_manifest(tmp_path):
+    "avlearn.evaluation uses datasets' writer: paths joined to video_root as given, or relative for the builders."
+    import avlearn.evaluation as ev, avlearn.datasets as ds
+    assert ev.write_manifest is ds.write_manifest
+    rows = [dict(path='A/a.avi', label=0, class_name='A')]
+    joined = write_manifest(rows, tmp_path / 'out' / 'j.csv', video_root=tmp_path / 'videos')
+    rel = write_manifest(rows, tmp_path / 'out' / 'r.csv', video_root=tmp_path / 'videos', relative=True)
+    assert joined.read_text().splitlines()[1] == f"{tmp_path / 'videos' / 'A/a.avi'},0,A"
+    assert rel.read_text().splitlines()[1] == '../videos/A/a.avi,0,A'
+    with pytest.raises(ValueError, match='rows is empty'): write_manifest([], tmp_path / 'e.csv', ['path'])
+    (tmp_path / 'k.csv').write_text('label,youtube_id,time_start,time_end,split\nx,abc,0,10,train\n')
+    (tmp_path / 'no_videos').mkdir()
+    with pytest.raises(ValueError, match="kinetics: none of the 1 listed videos"):   # not an empty manifest
+        kinetics_manifest(tmp_path / 'no_videos', tmp_path / 'k.csv', split='train')

@@ -106,8 +106,10 @@ def test_checkpoints_from_before_the_move_load_and_resume(tmp_path, method):
 def test_a_mismatched_old_checkpoint_says_why(tmp_path):
     shutil.copy(FIX / 'avid_cma.pt', tmp_path / 'ckpt_000000002.pt')
     over = ['method=avid_cma', *TINY, 'data.n_train=24', 'method_args={cma_k: 2, n_negatives: 8}']
-    with pytest.raises(ValueError, match='memory bank has 16 rows but the training set has 24 clips'):
+    with pytest.raises(RuntimeError, match=r'started with another config[\s\S]*data.n_train: 16 -> 24'):
         Trainer(load_config(None, over), tmp_path, progress=False)
+    with pytest.raises(ValueError, match='memory bank has 16 rows but the training set has 24 clips'):
+        Trainer(load_config(None, over), tmp_path, progress=False, force_resume=True)
 
 
 # ---------- claims ----------

@@ -61,12 +61,14 @@ def test_bad_method_args_errors():
     from avlearn.engine.config import load_config
     from avlearn.engine.method import get_method
     M = get_method('selavi')
-    for over, word in [('method_args={Kk: 3}', 'unknown method_args'), ('method_args={K: 1}', 'method_args.K'),
+    for over, word in [('method_args={Kk: 3}', r'unknown key\(s\)'), ('method_args={K: 1}', 'method_args.K'),
                        ("method_args={prior: zipf}", 'method_args.prior'), ("method_args={align: best}", 'method_args.align'),
                        ('method_args={n_heads: 1}', 'decorrelated_heads'), ('method_args={lam: 0}', 'method_args.lam'),
-                       ('method_args={greedy_restarts: 0}', 'method_args.greedy_restarts')]:
+                       ('method_args={greedy_restarts: 0}', 'method_args.greedy_restarts'),
+                       ('method_args={fusion: sum}', 'method_args.fusion')]:
         with pytest.raises(ValueError, match=word): M(load_config(overrides=['method=selavi', over]), 10)
-    with pytest.raises(TypeError, match='decorrelated_heads'): M(load_config(overrides=['method=selavi', 'method_args={decorrelated_heads: 1}']), 10)
+    with pytest.raises(ValueError, match='decorrelated_heads'):
+        M(load_config(overrides=['method=selavi', 'method_args={decorrelated_heads: 1}']), 10)
 
 
 @pytest.fixture(scope='module')
@@ -157,3 +159,31 @@ def test_cluster_shards_two_gloo_processes(tmp_path, gloo):
         cluster_shards(logp[:, :2], torch.tensor([5, 5]), 101)
     with pytest.raises(ValueError, match='index must hold'):
         cluster_shards(logp[:, :2], torch.tensor([5, 101]), 101)
+
+
+@pytest.mark.parametrize('fusion', ['splice', 'concat', 'video'])
+def test_table3_fusions_train_through_the_engine(fusion):
+    "Each fusion of Table 3 (spliced heads, heads on concatenated features, video only) trains in-process and labels."
+    from avlearn.engine.method import train_in_process
+    from avlearn.papers.selavi import mini_dataset, mini_overrides
+    data = mini_dataset(n=32, seed=0)
+    args = dict(K=4, n_heads=2, head_hidden=8, n_clusterings=2, align='hungarian', fusion=fusion)
+    tr = train_in_process(None, mini_overrides('selavi', 0, 2, args, batch_size=16), train_set=data)
+    assert tr.status == 'finished' and tr.method.clustered_epochs == [0]
+    assert tr.method.aligned and tr.method.find_unused_parameters == (fusion == 'video')
+    labels = tr.method.final_labels(tr.model, tr.train_set)
+    assert labels.shape == (2, 32) and (labels >= 0).all() and labels.max() < 4
+    assert set(tr.model(data['video'][:4], data['audio'][:4])) == {'splice': {'video', 'audio'}, 'concat': {'concat'},
+                                                                   'video': {'video'}}[fusion]
+
+
+def test_claims_compare_rows_of_the_same_seed(monkeypatch):
+    "A claim's value is its row's NMI minus its reference row's, for the seed and budget asked for."
+    import avlearn.papers.selavi as s
+    from avlearn.engine.method import claims_of
+    fake = {('g', 1, 'fast'): 30., ('contrastive', 1, 'fast'): 5., ('random', 1, 'fast'): 20.}
+    monkeypatch.setattr(s, 'mini_row', lambda row, seed, budget: {s.MINI_LABEL: fake[(row, seed, budget)]})
+    claims = {c.name: c for c in claims_of('selavi')}
+    assert claims['table2_selavi_vs_contrastive_kmeans'].run(1, 'fast') == dict(value=25., ours=30., reference=5.)
+    assert claims['table2_selavi_vs_random_kmeans'].run(1, 'fast')['value'] == 10.
+    assert {c.config['row'] for c in claims.values()} <= set(s.TABLE3_ROWS) and len(claims) == 7

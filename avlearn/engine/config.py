@@ -17,7 +17,7 @@ __all__ = ['DataConfig', 'ModelConfig', 'OptimConfig', 'TrainConfig', 'config_fr
 # %% ../../nbs/engine/10_config.ipynb #8fe52007
 @dataclass
 class DataConfig:
-    kind: str = 'toy'                 # 'toy' (ToyWorld in memory), 'manifest' (real files) or 'synthetic' (random tensors)
+    kind: str = 'toy'  # 'toy' (ToyWorld in memory), 'manifest' (real files) or 'synthetic' (random tensors)
     batch_size: int = 32              # per process
     num_workers: int = 0
     n_train: int = 768                # toy / synthetic: number of clips
@@ -28,7 +28,7 @@ class DataConfig:
     test_manifest: str = ''
     clip_duration: float = 1.0        # seconds of video/audio per clip
     fps: float = 16.0
-    size: int = 64                    # frame size after cropping (manifest: random crop for training, centre crop for testing)
+    size: int = 64  # frame size after cropping (manifest: random crop for training, centre crop for testing)
     decode_size: int = 0              # manifest: short side frames are decoded at (0: size * 8 / 7, e.g. 128 for 112)
     augment: bool = True              # manifest: random resized crop, flip, colour jitter, volume jitter while training
     crop_scale: list = field(default_factory=lambda: [0.08, 1.0])   # area fraction range of the random crop
@@ -75,7 +75,7 @@ class TrainConfig:
     precision: str = 'auto'           # auto (bf16 on GPU, fp32 on CPU), fp32, bf16, fp16 (with a grad scaler)
     checkpoint_every: int = 100       # steps; checkpoints are also written at each epoch end
     keep_last: int = 3
-    log_every: int = 10               # without a progress bar: a status line every log_every steps (metrics.jsonl has all)
+    log_every: int = 10  # without a progress bar: a status line every log_every steps (metrics.jsonl has all)
     tensorboard: bool = False
     eval_tasks: list = field(default_factory=lambda: ['action', 'object', 'colour', 'scene'])
     data: DataConfig = field(default_factory=DataConfig)
@@ -85,7 +85,8 @@ class TrainConfig:
 # %% ../../nbs/engine/10_config.ipynb #a565e19b
 def config_from_dict(cls, d: dict, where: str = ''):
     "Build dataclass `cls` from a nested dict; unknown keys are errors naming the key."
-    if not isinstance(d, dict): raise TypeError(f"config section {where or 'root'} must be a mapping, got {type(d).__name__}")
+    if not isinstance(d, dict):
+        raise TypeError(f"config section {where or 'root'} must be a mapping, got {type(d).__name__}")
     known = {f.name: f for f in fields(cls)}
     unknown = sorted(set(d) - set(known))
     if unknown: raise ValueError(f"unknown config key(s) {unknown} in {where or 'root'}; known: {sorted(known)}")
@@ -121,7 +122,7 @@ def resolve_config(path) -> Path:
     if p.is_file(): return p
     if len(p.parts) == 1:
         import avlearn
-        pkg = Path(avlearn.__file__).resolve().parent   # a wheel ships configs/ as avlearn/configs; a checkout beside it
+        pkg = Path(avlearn.__file__).resolve().parent  # a wheel ships configs/ as avlearn/configs; a checkout beside it
         for folder in (pkg / 'configs', pkg.parent / 'configs'):
             shipped = folder / (p.name if p.suffix == '.yaml' else p.name + '.yaml')
             if shipped.is_file(): return shipped
@@ -179,7 +180,8 @@ def validate_config(cfg: TrainConfig):
     if cfg.optim.name not in ('adam', 'adamw', 'sgd'):
         raise ValueError(f"optim.name must be adam, adamw or sgd, got {cfg.optim.name!r}")
     from avlearn.media import POLICIES
-    if cfg.data.on_error not in POLICIES: raise ValueError(f"data.on_error must be one of {POLICIES}, got {cfg.data.on_error!r}")
+    if cfg.data.on_error not in POLICIES:
+        raise ValueError(f"data.on_error must be one of {POLICIES}, got {cfg.data.on_error!r}")
     cs = cfg.data.crop_scale
     if not (isinstance(cs, (list, tuple)) and len(cs) == 2 and 0 < cs[0] <= cs[1] <= 1):
         raise ValueError(f"data.crop_scale must be [lo, hi] with 0 < lo <= hi <= 1, got {cs!r}")

@@ -20,7 +20,13 @@ __all__ = ['SyntheticAV', 'TensorDictDataset', 'build_datasets', 'manifest_trans
 class SyntheticAV(Dataset):
     "Random clips of given shapes (seeded per index) with random labels: for dry runs and throughput benchmarks."
     def __init__(self, n: int, n_frames: int, size: int, n_samples: int, n_classes: int = 10, seed: int = 0):
-        self.n, self.shape, self.n_samples, self.n_classes, self.seed = n, (3, n_frames, size, size), n_samples, n_classes, seed
+        self.n, self.shape, self.n_samples, self.n_classes, self.seed = (
+            n,
+            (3, n_frames, size, size),
+            n_samples,
+            n_classes,
+            seed,
+        )
     def __len__(self): return self.n
     def __getitem__(self, i):
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + i)

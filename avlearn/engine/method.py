@@ -19,12 +19,14 @@ from .config import TrainConfig
 # %% auto #0
 __all__ = ['METHODS', 'CLAIMS', 'MethodArgs', 'parse_method_args', 'RunContext', 'Method', 'register_method', 'paper_modules',
            'available_methods', 'get_method', 'build_av_model', 'CrossModalNCEArgs', 'CrossModalNCE', 'Claim',
-           'register_claim', 'claims_of', 'claim_verdict', 'results_dir', 'show_results', 'train_in_process']
+           'register_claim', 'claims_of', 'claim_verdict', 'results_dir', 'show_results', 'train_in_process',
+           'evaluate_in_process']
 
 # %% ../../nbs/engine/11_method.ipynb #9a2ec448
 @dataclass(frozen=True)
 class MethodArgs:
-    "Base of a method's settings: subclass with typed fields and defaults; `check` raises ValueError naming a bad value."
+    """Base of a method's settings: subclass with typed fields and defaults; `check` raises ValueError naming a bad
+    value."""
     def check(self): pass
 
 def _type_ok(value, hint) -> bool:
@@ -97,7 +99,8 @@ class Method:
         "Frozen features that evaluation probes (video features by default)."
         return unwrap(model).video_features(batch['video'])
     def on_epoch_start(self, ctx: RunContext):
-        "Called on every process before each epoch's first batch (not when resuming mid-epoch): e.g. re-cluster the data."
+        """Called on every process before each epoch's first batch (not when resuming mid-epoch): e.g. re-cluster the
+        data."""
     def param_groups(self, model: nn.Module) -> list | None:
         "Optimiser parameter groups (dicts with 'params' and optionally 'lr_scale', 'weight_decay'); None: one group."
         return None
@@ -141,7 +144,9 @@ def build_av_model(cfg: TrainConfig) -> AVModel:
     "An `AVModel` from `cfg.model` (encoders by name from `avlearn.models.build_encoder`)."
     m = cfg.model
     video, audio = build_encoder(m.video, **m.video_args), build_encoder(m.audio, **m.audio_args)
-    return AVModel(video, audio, video.out_dim, audio.out_dim, m.proj_dim, cfg.data.sample_rate, m.n_mels, m.hop_length_ms)
+    return AVModel(
+        video, audio, video.out_dim, audio.out_dim, m.proj_dim, cfg.data.sample_rate, m.n_mels, m.hop_length_ms
+    )
 
 @dataclass(frozen=True)
 class CrossModalNCEArgs(MethodArgs):
@@ -228,11 +233,21 @@ def show_results(paper: str, folder=None) -> str:
     out = '\n'.join(lines); print(out)
     return out
 
-# %% ../../nbs/engine/11_method.ipynb #98d46fcf
-def train_in_process(config, train_set, overrides=(), test_set=None, out=None, progress: bool = False):
-    """Fit a method in this process on `train_set` with the engine's `train` (`config`: a TrainConfig, a YAML path, a
-    shipped config's name or None for the defaults, then `overrides`) and return the `Trainer` (its `model`, `method`,
-    `step`). `out=None` trains in a fresh temporary folder; an `out` holding a run resumes it. For paper modules, whose
-    claims and miniatures train through the engine but may import only this module of it."""
-    from .trainer import train      # imported late: the trainer imports this module
-    return train(config, out, overrides, train_set=train_set, test_set=test_set, progress=progress)
+# %% ../../nbs/engine/11_method.ipynb #58bc1e37
+def train_in_process(config=None, overrides=(), train_set=None, test_set=None, **kwargs):
+    """`avlearn.engine.trainer.train(config, overrides=..., train_set=..., progress=False)`: how paper claims train.
+    `train_set`/`test_set` may be dicts of equal-length tensors (wrapped in `TensorDictDataset`)."""
+    from avlearn.engine.trainer import train        # the engine may import itself; papers reach it only through here
+    from avlearn.engine.data import TensorDictDataset
+    wrap = lambda d: TensorDictDataset(d) if isinstance(d, dict) else d
+    return train(config, overrides=overrides, train_set=wrap(train_set), test_set=wrap(test_set), progress=False,
+                 **kwargs)
+
+def evaluate_in_process(cfg, method, model, train_set, test_set, tasks=None) -> dict:
+    """`avlearn.engine.evaluation.evaluate_model`: linear probe and R@1 of `method.features` per task, for paper
+    claims; `train_set`/`test_set` may be dicts of equal-length tensors."""
+    from avlearn.engine.evaluation import evaluate_model
+    from avlearn.engine.data import TensorDictDataset
+    wrap = lambda d: TensorDictDataset(d) if isinstance(d, dict) else d
+    return evaluate_model(cfg, method, model, wrap(train_set), wrap(test_set), tasks=tasks)
+
