@@ -215,3 +215,42 @@ def test_full_scale_config_dry_run():
     with tempfile.TemporaryDirectory() as d:
         tr = train(os.path.join(ROOT, 'configs', 'gdt_k400.yaml'), d, dry_run=True, progress=False)
         assert tr.step == 2
+
+
+# ---------- the miniature trains through the engine (train_in_process, GDTMethod.loss) ----------
+TINY_MINI = dict(n_train=32, n_test=16, steps=4, probe_at=(2,), k_videos=4, width=4, proj_dim=8)
+
+
+def test_train_row_through_the_engine_resumes_exactly():
+    "A row probed mid-run (the engine resumes it from its checkpoint) is the same run as one without a pause."
+    from avlearn.papers.gdt import Miniature, toy_time_world, train_row
+    train, test = toy_time_world(32, 16, seed=0, time_only=True)
+    paused = train_row('k', Miniature(**TINY_MINI), 0, train, test)
+    straight = train_row('k', Miniature(**TINY_MINI | dict(probe_at=())), 0, train, test)
+    assert sorted(paused['probes']) == [0, 2, 4] and sorted(straight['probes']) == [0, 4]
+    assert len(paused['losses']) == 4 and all(math.isfinite(l) for l in paused['losses'])
+    assert paused['losses'] == straight['losses']                     # GDT's random draws survive the checkpoint too
+    assert paused['probes'][4] == straight['probes'][4] and paused['probes'][0] == straight['probes'][0]
+    assert set(paused['probes'][4]) == {'action', 'size'}             # time-only world: shape, colour, scene fixed
+
+
+def test_claims_run_on_a_tiny_miniature(monkeypatch):
+    "The registered claims train their rows once per seed and budget and return a value in the paper's direction."
+    import avlearn.papers.gdt as gdt
+    from avlearn.engine.method import claims_of, claim_verdict
+    monkeypatch.setattr(gdt, 'CLAIM_MINIATURES', {'fast': gdt.Miniature(**TINY_MINI)})
+    monkeypatch.setattr(gdt, '_CLAIM_CACHE', {})
+    claims = {c.name: c for c in claims_of('gdt')}
+    assert set(claims) == {'table_a1_cross_beats_within', 'table_a1_default_world', 'table1_reversal_distinctive',
+                           'table1_shift_distinctive', 'theorem1_lower_variance'}
+    a1 = claims['table_a1_cross_beats_within'].run(0, 'fast')
+    assert a1['value'] == a1['ours'] - a1['reference'] and set(a1['rows']) == set(gdt.CLAIM_ROWS['time-only'])
+    assert set(a1['rows']['e']['probes'][0]) == {'action', 'size'}      # time-only world: shape, colour, scene fixed
+    assert len(gdt._CLAIM_CACHE) == 1
+    k = claims['table1_reversal_distinctive'].run(0, 'fast')           # reuses the rows trained for A.1
+    assert len(gdt._CLAIM_CACHE) == 1 and math.isfinite(k['value']) and 'rows' not in k
+    with pytest.raises(ValueError, match='budget must be one of'): gdt.claim_rows(0, 'huge')
+    with pytest.raises(ValueError, match='world must be one of'): gdt.claim_rows(0, 'fast', 'flat')
+    th = [claims['theorem1_lower_variance'].run(s, 'fast') for s in range(3)]
+    assert claim_verdict([t['value'] for t in th])['verdict'] == 'holds'
+    assert all(abs(t['ratio'] / t['predicted_ratio'] - 1) < 0.3 for t in th)   # Theorem 1's (appendix) prediction
