@@ -14,6 +14,7 @@ export MPLBACKEND := Agg
 KERNEL := $(VENV)/share/jupyter/kernels/avlearn/kernel.json
 LAB_IP ?= 127.0.0.1
 LAB_PORT ?= 8888
+LAB_DIR ?= nbs
 
 install: $(STAMP) $(KERNEL)
 
@@ -55,14 +56,14 @@ test-slow: $(STAMP)
 # (containers, cloud notebooks) it adds --allow-root; with no display it opens no browser and prints the URL to open
 lab: $(STAMP) $(KERNEL)
 	@token=$${LAB_TOKEN:-$$($(PY) -c 'import secrets; print(secrets.token_hex(16))')}; \
-	flags="--notebook-dir=nbs --ServerApp.ip=$(LAB_IP) --ServerApp.port=$(LAB_PORT) --ServerApp.port_retries=0"; \
+	flags="--notebook-dir=$(LAB_DIR) --ServerApp.ip=$(LAB_IP) --ServerApp.port=$(LAB_PORT) --ServerApp.port_retries=0"; \
 	flags="$$flags --IdentityProvider.token=$$token --MultiKernelManager.default_kernel_name=avlearn"; \
 	if [ "$$(id -u)" = 0 ]; then flags="$$flags --allow-root"; fi; \
 	if [ -z "$$DISPLAY$$BROWSER" ]; then flags="$$flags --no-browser"; fi; \
 	echo "JupyterLab (kernel: Python 3 (avlearn)); open in a browser:"; \
 	echo "    http://$(LAB_IP):$(LAB_PORT)/lab?token=$$token"; \
 	echo "(stop with Ctrl-C; another port: make lab LAB_PORT=9999)"; \
-	exec $(VENV)/bin/jupyter lab $$flags
+	exec env -u MPLBACKEND $(VENV)/bin/jupyter lab $$flags   # inline figures: the kernel picks its own backend
 
 export: $(STAMP)
 	$(VENV)/bin/nbdev_export
