@@ -106,9 +106,11 @@ def _open(driver, base, token, name):
     "Open the notebook and wait until its kernel is up (the kernel name in the toolbar is ours)."
     driver.get(f'{base}/lab/tree/{name}?token={token}')
     _wait('the notebook', lambda: _js(driver, "return document.querySelectorAll('.jp-Notebook .jp-Cell').length"), 120)
-    return _wait('the avlearn kernel in the toolbar', lambda: _js(
-        driver, "const k = document.querySelector('.jp-NotebookPanel-toolbar .jp-KernelName'); "
-                "return k && k.textContent.trim() === arguments[0] ? k.textContent : null", KERNEL_DISPLAY_NAME), 120)
+    kernel = lambda: _js(driver, "const k = document.querySelector('.jp-NotebookPanel-toolbar .jp-KernelName'); "
+                                 "return k && k.textContent.trim() === arguments[0]", KERNEL_DISPLAY_NAME)
+    _wait('the avlearn kernel in the toolbar (or a dialog)', lambda: kernel() or _dialogs(driver), 120)
+    assert _dialogs(driver) == [], f'a dialog opened with the notebook: {_dialogs(driver)}'
+    assert kernel(), 'the notebook did not start the "Python 3 (avlearn)" kernel'
 
 
 def _dialogs(driver) -> list:
