@@ -9,7 +9,8 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PYTHONHASHSEED := 0
 export MPLBACKEND := Agg
 
-.PHONY: install demo test test-fast test-nbs test-slow test-lab lab kernel notebooks export clean-nbs readme samples bench
+.PHONY: install demo test test-fast test-nbs test-slow test-lab browser lab kernel notebooks export clean-nbs readme
+.PHONY: samples bench
 # the Jupyter kernel the notebooks name in their metadata (tools/notebook_kernel.py), registered inside .venv
 KERNEL := $(VENV)/share/jupyter/kernels/avlearn/kernel.json
 LAB_IP ?= 127.0.0.1
@@ -74,12 +75,16 @@ export: $(STAMP)
 notebooks: $(STAMP)
 	$(PY) tools/notebook_kernel.py
 
-# JupyterLab in headless Chromium: opens a notebook with a widget, Run All, checks no kernel dialog, no error output, the
-# widget drawn as a control (tests/test_lab.py; skipped when Debian's chromium/chromium-driver are not installed:
-# apt-get install chromium chromium-driver). Not part of `make test`: it takes about a minute.
+# JupyterLab in headless Chromium: opens a notebook with a widget, Run All, checks: no kernel dialog, no error output,
+# the widget drawn as a control (tests/test_lab.py; skipped without Debian's chromium and chromium-driver: make browser).
+# Not part of `make test`: it takes about a minute. selenium is setup.py's `lab` extra.
 test-lab: $(STAMP) $(KERNEL)
-	$(PY) -c 'import selenium' 2>/dev/null || $(PY) -m pip install -q -c constraints.txt 'selenium>=4.10'  # setup.py's lab extra
+	$(PY) -c 'import selenium' 2>/dev/null || $(PY) -m pip install -q -c constraints.txt 'selenium>=4.10'
 	$(PY) -m pytest -q -p no:cacheprovider --run-lab tests/test_lab.py -rs
+
+# Debian's Chromium and its driver for make test-lab (as root, or with sudo)
+browser:
+	$$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get install -y chromium chromium-driver
 
 # README.md is rendered from nbs/index.ipynb with nbconvert (quarto, which nbdev_readme needs, is not installable here)
 readme: $(STAMP)

@@ -41,7 +41,7 @@ def _wait(what, fn, timeout, every=0.5):
 def lab(tmp_path):
     "`make lab` serving a copy of NOTEBOOK from a temporary folder; yields (base url, token, notebook copy, log)."
     if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
-        pytest.skip('needs Debian chromium and chromium-driver: apt-get install chromium chromium-driver')
+        pytest.skip('needs Debian chromium and chromium-driver: make browser (apt-get install chromium chromium-driver)')
     pytest.importorskip('selenium', reason='needs selenium: pip install selenium (make test-lab does)')
     shutil.copy(ROOT / 'settings.ini', tmp_path / 'settings.ini')        # nbdev's show_doc reads it
     (tmp_path / 'nbs').mkdir()
@@ -120,8 +120,8 @@ def _dialogs(driver) -> list:
 def _widget_report(driver) -> dict:
     return _js(driver, """
         const out = [...document.querySelectorAll('.jp-OutputArea-output')];
-        const controls = document.querySelectorAll('.jp-OutputArea-output .jupyter-widgets.widget-slider, '
-            + '.jp-OutputArea-output .jupyter-widgets.widget-dropdown, .jp-OutputArea-output .jupyter-widgets.widget-checkbox');
+        const controls = document.querySelectorAll(['slider', 'dropdown', 'checkbox']
+            .map(k => `.jp-OutputArea-output .jupyter-widgets.widget-${k}`).join(', '));
         return {controls: controls.length,
                 errors: [...document.querySelectorAll('[data-mime-type="application/vnd.jupyter.stderr"]')]
                         .map(e => e.textContent.slice(0, 500)),
@@ -168,8 +168,8 @@ def test_a_student_opens_runs_saves_and_reopens_a_notebook(lab, browser):
 
     # save, shut the kernel down, reopen: the saved widget state and the static copy draw again, still no dialog
     _menu(d, 'File', 'Save Notebook')
-    saved = _wait('the saved notebook to carry widget state', lambda: (lambda nb: nb if 'widgets' in nb['metadata'] else None)(
-        json.loads(copy.read_text())), 60)
+    with_state = lambda: (lambda nb: nb if 'widgets' in nb['metadata'] else None)(json.loads(copy.read_text()))
+    saved = _wait('the saved notebook to carry widget state', with_state, 60)
     assert saved['metadata']['kernelspec']['name'] == 'avlearn'
     sessions = json.load(urllib.request.urlopen(f'{base}/api/sessions?token={token}', timeout=10))
     for s in sessions:

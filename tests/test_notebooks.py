@@ -1,5 +1,5 @@
-"""The notebooks as a student meets them in JupyterLab (issue 24), checked without a browser (tests/test_lab.py has one):
-every notebook names the avlearn kernel, show_doc writes plain Markdown, every widget cell leaves a static copy, and
+"""The notebooks as a student meets them in JupyterLab (issue 24), checked without a browser (tests/test_lab.py has
+one): every notebook names the avlearn kernel, show_doc writes plain Markdown, every widget cell leaves a static copy, and
 `make lab` starts as root and prints its URL."""
 import json, os, re, subprocess, sys
 from pathlib import Path
@@ -18,11 +18,13 @@ def _nbs():
 
 
 def _code_cells(path):
-    return [''.join(c['source']) for c in json.loads(path.read_text(encoding='utf-8'))['cells'] if c['cell_type'] == 'code']
+    cells = json.loads(path.read_text(encoding='utf-8'))['cells']
+    return [''.join(c['source']) for c in cells if c['cell_type'] == 'code']
 
 
 def test_every_notebook_names_the_avlearn_kernel():
-    bad = {str(p.relative_to(ROOT)): notebook_kernel.needs_fix(json.loads(p.read_text(encoding='utf-8'))) for p in _nbs()}
+    bad = {str(p.relative_to(ROOT)): notebook_kernel.needs_fix(json.loads(p.read_text(encoding='utf-8')))
+           for p in _nbs()}
     bad = {p: why for p, why in bad.items() if why}
     assert not bad, f"run `python tools/notebook_kernel.py` (or `make notebooks`): {bad}"
 
@@ -64,7 +66,7 @@ def widget_cells_without_static_copy(paths) -> list:
 
 
 def test_every_widget_cell_leaves_a_static_copy():
-    "A widget draws only with a live kernel; `static_copy(draw)` in the same cell leaves a plain copy (CONTRIBUTING.md)."
+    "A widget draws only with a live kernel; `static_copy(draw)` in its cell leaves a plain copy (CONTRIBUTING.md)."
     missing = widget_cells_without_static_copy(_nbs())
     assert not missing, f"end these widget cells with `static_copy(draw)` (avlearn.core): {missing}"
     assert sum(bool(WIDGET_RE.search(s)) for p in _nbs() for s in _code_cells(p)) >= 5   # the check sees the widgets
@@ -88,9 +90,9 @@ def test_make_lab_runs_as_root_and_prints_the_url(tmp_path):
     env = dict(os.environ, LAB_TOKEN='abc123')
     env.pop('DISPLAY', None); env.pop('BROWSER', None)
     # STAMP and KERNEL are taken as made (-o): this runs only the lab recipe
-    r = subprocess.run(['make', '--no-print-directory', 'lab', f'VENV={venv}', 'LAB_PORT=8765', '-o', f'{venv}/.installed',
-                        '-o', f'{venv}/share/jupyter/kernels/avlearn/kernel.json'], cwd=ROOT, env=env,
-                       capture_output=True, text=True, timeout=60)
+    r = subprocess.run(['make', '--no-print-directory', 'lab', f'VENV={venv}', 'LAB_PORT=8765',
+                        '-o', f'{venv}/.installed', '-o', f'{venv}/share/jupyter/kernels/avlearn/kernel.json'],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert 'http://127.0.0.1:8765/lab?token=abc123' in r.stdout
     args = r.stdout.split('jupyter lab', 1)[1]

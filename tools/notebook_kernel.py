@@ -31,7 +31,8 @@ def notebooks(root: Path = ROOT) -> list:
 def needs_fix(nb: dict) -> list:
     "What is wrong with `nb`'s metadata (empty when nothing)."
     md, problems = nb.get('metadata', {}), []
-    if md.get('kernelspec') != KERNELSPEC: problems.append(f"kernelspec is {md.get('kernelspec')!r}, not {KERNELSPEC!r}")
+    if md.get('kernelspec') != KERNELSPEC:
+        problems.append(f"kernelspec is {md.get('kernelspec')!r}, not {KERNELSPEC!r}")
     if 'widgets' in md: problems.append('saved widget state in metadata.widgets')
     return problems
 
