@@ -128,7 +128,7 @@ def _train(row, data, epochs=2, **kw):
     return train_in_process(None, ov, train_set=data)
 
 
-@pytest.mark.parametrize('row', sorted(ROWS))
+@pytest.mark.parametrize('row', sorted(set(ROWS) - {'random'}))
 def test_every_row_trains_and_relabels(row, tiny):
     tr = _train(row, tiny[0])
     m = tr.method
@@ -213,7 +213,15 @@ def test_dry_run_howto100m_config(tmp_path):
     assert "no 'narration'" in r.stdout and 'clustering into K=4' in r.stdout
 
 
+def test_random_row_is_untrained(monkeypatch):
+    import avlearn.papers.deep_cluster as dc
+    monkeypatch.setitem(dc.BUDGETS, 'fast', dict(n_train=32, n_test=16, epochs=1))
+    r = dc.mini_run('random', seed=0, budget='fast')
+    assert r['history'] == [] and 0 <= r['activity'] <= 100 and not hasattr(r['trainer'], 'optimizer')
+
+
 def test_claims_registered():
     names = [c.name for c in claims_of_paper()]
     assert {'table3_xdc_beats_smd', 'table3_xcc_beats_smd', 'table3_supervised_upper_bound',
-            'table2_bow_text_beats_video', 'table2_video_signal_lowers_text', 'nmi_text_vs_video_clusters'} <= set(names)
+            'table2_bow_text_beats_video', 'table2_video_signal_lowers_text', 'nmi_text_vs_video_clusters',
+            'xdc_beats_random_encoder'} <= set(names)
