@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from avlearn.papers.deep_cluster import (pca_whiten, kmeans, fill_empty_clusters, cluster_weights, uniform_cluster_sample,
-                                         cluster_triplet_loss, cluster_negatives, build_vocabulary, narration_ids,
+from avlearn.papers.deep_cluster import (pca_whiten, kmeans, fill_empty_clusters, cluster_weights,
+                                         uniform_cluster_sample, cluster_triplet_loss, cluster_negatives,
+                                         build_vocabulary, narration_ids,
                                          BowTextEncoder, SegmentEncoder, segment_labels, DeepClusterMethod,
                                          DeepClusterModel, mini_overrides, mini_dataset, split, ROWS)
 from avlearn.engine.method import claims_of
@@ -50,10 +51,12 @@ def test_cluster_negatives_bad_inputs(bad, word):
 
 def test_cluster_triplet_loss_bad_inputs():
     q = torch.randn(2, 4)
-    with pytest.raises(ValueError, match='pseudolabels'): cluster_triplet_loss(torch.randn(2, 3), torch.tensor([0, 3]), q, q, q)
+    with pytest.raises(ValueError, match='pseudolabels'):
+        cluster_triplet_loss(torch.randn(2, 3), torch.tensor([0, 3]), q, q, q)
     with pytest.raises((ValueError, TypeError), match='weight'):
         cluster_triplet_loss(torch.randn(2, 3), torch.tensor([0, 1]), q, q, q, weight=torch.ones(2))
-    with pytest.raises(ValueError, match='alpha'): cluster_triplet_loss(torch.randn(2, 3), torch.tensor([0, 1]), q, q, q, alpha=2.)
+    with pytest.raises(ValueError, match='alpha'):
+        cluster_triplet_loss(torch.randn(2, 3), torch.tensor([0, 1]), q, q, q, alpha=2.)
 
 
 # ---- pseudo-labels and their bad inputs ------------------------------------------------------------------------------
@@ -111,7 +114,8 @@ def test_narrations_with_no_known_word():
 
 def test_segments():
     enc = SegmentEncoder(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.LazyLinear(3)), 8)
-    assert enc(torch.rand(2, 3, 64, 2, 2)).shape == (2, 3) and enc.segments(torch.rand(2, 3, 64, 2, 2)).shape == (2, 8, 3)
+    assert enc(torch.rand(2, 3, 64, 2, 2)).shape == (2, 3)
+    assert enc.segments(torch.rand(2, 3, 64, 2, 2)).shape == (2, 8, 3)
     with pytest.raises(ValueError, match='n_segments=8'): enc(torch.rand(2, 3, 60, 2, 2))
     assert segment_labels(torch.arange(16).reshape(1, 16) // 4, 4).tolist() == [[0, 1, 2, 3]]
 
@@ -158,7 +162,8 @@ def test_state_round_trip(tiny):
     m2.load_state_dict(tr.method.state_dict())
     assert all(torch.equal(m2.labels[s], tr.method.labels[s]) for s in tr.method.sets)
     assert m2.vocab.itos == tr.method.vocab.itos
-    with pytest.raises(ValueError, match='does not fit'): DeepClusterMethod(tr.cfg, 10).load_state_dict(tr.method.state_dict())
+    with pytest.raises(ValueError, match='does not fit'):
+        DeepClusterMethod(tr.cfg, 10).load_state_dict(tr.method.state_dict())
 
 
 def test_small_sets_are_capped_loudly(tiny, capsys):
@@ -176,7 +181,8 @@ def test_bad_method_args():
                        ('method_args={pair: video}', 'method_args.pair'), ('method_args={joint_dim: 5}', 'joint_dim'),
                        ('method_args={alpha: 1.5}', 'alpha'), ('method_args={backend: gpu}', 'backend'),
                        ('method_args={Kk: 3}', r'unknown key\(s\)')]:
-        with pytest.raises(ValueError, match=word): DeepClusterMethod(load_config(overrides=['method=deep_cluster', over]), 10)
+        with pytest.raises(ValueError, match=word):
+            DeepClusterMethod(load_config(overrides=['method=deep_cluster', over]), 10)
 
 
 def test_loss_before_clustering_is_an_error(tiny):
@@ -198,7 +204,8 @@ def test_config_at_real_shapes_on_meta(name):
     assert (cfg.optim.name, cfg.optim.lr, cfg.optim.momentum, cfg.optim.weight_decay) == ('sgd', 0.1, 0.9, 1e-4)
     m = DeepClusterMethod(cfg, 2000)
     model = m.build_model().to('meta')
-    out = model(video=torch.zeros(2, 3, 64, 112, 112, device='meta'), text=torch.ones(2, 30, dtype=torch.long, device='meta'))
+    out = model(video=torch.zeros(2, 3, 64, 112, 112, device='meta'),
+                text=torch.ones(2, 30, dtype=torch.long, device='meta'))
     assert out['logits']['video'].shape == (2, a['K']) and out['logits']['text'].shape == (2, a['K'])
     assert model.segment_features(torch.zeros(2, 3, 64, 112, 112, device='meta')).shape == (2, 8, 512)
 
