@@ -193,6 +193,22 @@ def test_loss_before_clustering_is_an_error(tiny):
     with pytest.raises(RuntimeError, match='on_epoch_start'): m.loss(model, b)
 
 
+def test_avlearn_train_on_the_toy_world_with_narrations_and_resume(tmp_path):
+    "The CLI on the engine's own toy data (narrations as strings through the DataLoader), stopped mid-run and resumed."
+    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONHASHSEED='0', MPLBACKEND='Agg')
+    cmd = [str(BIN / 'avlearn-train'), '--config', str(ROOT / 'configs' / 'demo.yaml'), '--out', str(tmp_path / 'run'),
+           '--no_progress', '--set', 'data.n_train=32', 'data.n_test=16', 'data.cache=false',
+           'data.world={n_frames: 16, size: 32, compound: true}', 'data.batch_size=8', 'epochs=2',
+           'checkpoint_every=2', 'method=deep_cluster', 'method_args={variant: xcc, K: 4, pca_dim: 8, n_segments: 2}',
+           'model.video_args={width: 4, out_dim: 16}', 'model.audio_args={width: 4, out_dim: 16}']
+    r = subprocess.run(cmd + ['max_steps=6'], env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0 and r.stdout.count('pseudo-labels (xcc)') == 2, r.stdout + r.stderr[-3000:]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    ok = r.returncode == 0 and 'resumed' in r.stdout and 'finished at step 8/8' in r.stdout
+    assert ok, r.stdout + r.stderr[-3000:]
+    assert 'pseudo-labels' not in r.stdout          # resumed mid-epoch 1: its labels come from the checkpoint
+
+
 # ---- full scale ---------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize('name', ['deep_cluster_howto100m', 'deep_cluster_coin'])
 def test_config_at_real_shapes_on_meta(name):
