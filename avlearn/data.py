@@ -246,7 +246,8 @@ def _drift(frames: np.ndarray, distance: float, angle: float) -> np.ndarray:
 
 def _render_video(cfg: ToyWorldConfig, f: dict, tr: dict, distractors: list, pan: np.ndarray,
                   covers: list | None = None) -> np.ndarray:
-    "Frames (T, H, W, 3) float32 in [0, 1]; each object's coverage (T, H, W), distractors first, is appended to `covers`."
+    """Frames (T, H, W, 3) float32 in [0, 1]; each object's coverage (T, H, W), distractors first, is appended to
+    `covers`."""
     T, H = cfg.n_frames, cfg.size
     grid = (np.arange(H, dtype=np.float32) + 0.5) / H
     X = grid[None, None, :] + pan[:, None, None].astype(np.float32)   # (T, 1, W): the camera looks at x + pan
@@ -380,8 +381,9 @@ class ToyWorld(torch.utils.data.Dataset):
         return torch.tensor([self._label(f, task) for f in self.factors], dtype=torch.long)
 
     def render(self, i: int) -> dict:
-        """Render clip `i` as NumPy: frames (T, H, W, 3) float32, audio (S,), per-frame sub-action ids and impact frames, and
-        where the object is: its coverage `object_mask` (T, H, W) in [0, 1] and the distractors' (n_distractors, T, H, W)."""
+        """Render clip `i` as NumPy: frames (T, H, W, 3) float32, audio (S,), per-frame sub-action ids and impact
+        frames, and where the object is: its coverage `object_mask` (T, H, W) in [0, 1] and the distractors'
+        coverage `distractor_masks` (n_distractors, T, H, W)."""
         if not -self.n <= i < self.n: raise IndexError(f"clip index {i} out of range for a world of {self.n} clips")
         i = i % self.n
         c, f = self.cfg, dict(self.factors[i])
