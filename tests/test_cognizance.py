@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 from avlearn.dist import free_port
+from test_compositional import _context     # the AVID-CMA family's RunContext for hook tests
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -19,15 +20,6 @@ COG = 'n_snippets: 4, cma_k: 2, n_negatives: 8, joint_dim: 16, heads: 8'
 def _cfg(*extra):
     from avlearn.engine.config import load_config
     return load_config(None, [*TINY, *extra])
-
-
-def _context(rank, world, model, dataset):
-    from avlearn.engine.method import RunContext
-    from contextlib import nullcontext
-    return RunContext(epoch=0, step=0, rank=rank, world_size=world, device=torch.device('cpu'), model=model,
-                      train_set=dataset, batch_size=3, num_workers=0, seed=0, to_device=lambda b: b,
-                      autocast=nullcontext, log=lambda m: None, log_record=lambda r: None,
-                      reset_optimizer_state=lambda m: None)
 
 
 def _fill(rank, world, out):
