@@ -102,7 +102,7 @@ def test_full_scale_config_builds_and_dry_runs_at_small_frames():
 
 @pytest.mark.slow
 def test_full_scale_config_dry_run_at_real_shapes():
-    "R(2+1)D-18 at 224 px, 8 snippets of 16 frames per clip: minutes on a CPU."
+    "R(2+1)D-18 at 224 px, 2 clips of 8 snippets of 16 frames: minutes and more than 11 GB of memory on a CPU."
     from avlearn.engine.trainer import train
     t = train('cognizance_audioset', dry_run=True, progress=False)
     assert t.step == 2
