@@ -104,7 +104,13 @@ def _sources():
     for md in ('README.md', 'CONTRIBUTING.md'): yield md, _code_spans((ROOT / md).read_text(), False)
 
 
-CMD = re.compile(r'avlearn-(train|eval|toyworld|resize|manifest)\b')
+def _scripts() -> dict:
+    "The console scripts of settings.ini: {'avlearn-train': 'avlearn.engine.cli:train_cli', ...}."
+    cfg = configparser.ConfigParser(delimiters=['=']); cfg.read(ROOT / 'settings.ini')
+    return dict(s.split('=') for s in cfg['DEFAULT']['console_scripts'].split())
+
+
+CMD = re.compile(r'(?<![\w-])(' + '|'.join(sorted(map(re.escape, _scripts()), key=len, reverse=True)) + r')\b')
 
 
 def quoted_commands() -> list:
@@ -113,7 +119,7 @@ def quoted_commands() -> list:
     for where, spans in _sources():
         for span in spans:
             m = CMD.search(span)
-            if not m: continue
+            if not m or '#' in span[:m.start()]: continue                  # inside a comment: prose
             rest = span[m.end():].split(' #')[0]
             if rest.startswith(')'): rest = rest[1:]                   # $(which avlearn-train) --config ...
             try: argv = shlex.split(rest)
@@ -123,9 +129,7 @@ def quoted_commands() -> list:
 
 
 def _entry(cmd: str):
-    cfg = configparser.ConfigParser(delimiters=['=']); cfg.read(ROOT / 'settings.ini')
-    scripts = dict(s.split('=') for s in cfg['DEFAULT']['console_scripts'].split())
-    mod, fn = scripts[cmd].split(':')
+    mod, fn = _scripts()[cmd].split(':')
     return getattr(importlib.import_module(mod), fn)
 
 
@@ -146,6 +150,10 @@ def test_quoted_commands_parse():
             config = args.config if '/' not in args.config or not args.config.startswith('configs') else str(ROOT / args.config)
             try: load_config(config, [s for s in (args.set or []) if '$' not in s])
             except Exception as e: bad.append(f"{where}: {cmd} {' '.join(argv)}: {e}")
+        if cmd == 'avlearn-reproduce':
+            from avlearn.engine.method import paper_modules
+            unknown = [p for p in args.papers if p not in paper_modules() and not p.startswith('<')]
+            if unknown: bad.append(f"{where}: {cmd} {' '.join(argv)}: unknown paper(s) {unknown}")
     assert not bad, '\n'.join(bad)
 
 

@@ -394,7 +394,7 @@ TABLE3_ROWS = {'within-modal only': (dict(lambda_va=0.0, lambda_vv=1.0, **NO_CRO
 TABLE1C = {'avg/avg': 54.0, 'avg/transformer': 54.6, 'transformer/avg': 52.1, 'transformer/transformer': 60.3}
 #: Table 2: frames -> (average pooling, transformer) finetuning accuracy
 TABLE2 = {30: (54.0, 60.3), 60: (62.4, 66.1), 90: (58.0, 66.9)}
-#: the miniatures' sizes: 'fast' is the notebook's live run, 'full' what `avlearn-reproduce --papers stica` commits
+#: the miniatures' sizes: 'fast' is the notebook's live run, 'full' what `avlearn-reproduce stica` commits
 BUDGETS = {'fast': dict(n_train=64, n_test=32, steps=4, finetune_epochs=2,
                         cells=('avg/avg', 'transformer/transformer')),
            'full': dict(n_train=256, n_test=128, steps=80, finetune_epochs=8, cells=tuple(TABLE1C))}
