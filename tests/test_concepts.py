@@ -133,6 +133,7 @@ def test_configs_at_real_shapes(name):
     assert tuple(model.reconstruct['d'](torch.randn(2, 50)).shape) == (2, 512)
 
 
+@pytest.mark.slow                        # R(2+1)D-18 on three 16 x 112 x 112 inputs: minutes on a loaded CPU
 @pytest.mark.parametrize('name', ['concepts_ucf101', 'concepts_k400'])
 def test_dry_run_configs(name):
     from avlearn.engine.trainer import train
