@@ -134,7 +134,8 @@ def test_hf_text_encoder_on_a_tiny_random_bert():
     loss.backward()
     assert enc.model.encoder.layer[0].attention.self.query.weight.grad is None      # frozen below 1
     assert enc.model.encoder.layer[1].attention.self.query.weight.grad is not None
-    check_fails(lambda: HFTextEncoder('', layer=4, model=transformers.BertModel(cfg)), contains='layer must be in [1, 3]')
+    check_fails(lambda: HFTextEncoder('', layer=4, model=transformers.BertModel(cfg)),
+                contains='layer must be in [1, 3]')
 
 
 def test_claims_registered():
