@@ -111,12 +111,13 @@ def test_configs_load_with_the_papers_settings(name):
 
 def test_dry_run_pretraining_then_finetuning_at_real_shapes(tmp_path):
     "Both configs, 2 steps each at D = 1024 on 1024-d features (the scratch encoder stands in for XLM-R)."
-    pre = train_on_features(str(ROOT / 'configs' / 'mmp_howto100m.yaml'), overrides=SCRATCH, dry_run=True)
+    pre = train_on_features(load_config(ROOT / 'configs' / 'mmp_howto100m.yaml', SCRATCH), dry_run=True)
     assert pre.step == 2 and pre.model.video_proj.weight.shape == (1024, 1024)
     weights = tmp_path / 'pre.pt'
     torch.save(pre.model.state_dict(), weights)
-    ft = train_on_features(str(ROOT / 'configs' / 'mmp_vtt.yaml'), dry_run=True,
-                           overrides=SCRATCH + ['method_args.freeze_below=1', f'method_args.init_from={weights}'])
+    ft = train_on_features(load_config(ROOT / 'configs' / 'mmp_vtt.yaml',
+                                       SCRATCH + ['method_args.freeze_below=1', f'method_args.init_from={weights}']),
+                           dry_run=True)
     assert ft.step == 2
     assert not any(p.requires_grad for p in ft.model.text_encoder.tokens.parameters())
     with torch.no_grad(): assert ft.model.eval().video(torch.randn(1, 16, 1024)).shape == (1, 1024)
