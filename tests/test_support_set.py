@@ -165,7 +165,7 @@ def test_configs_load(name):
 
 @pytest.mark.slow
 def test_feature_files_dry_run_at_full_shapes():
-    "(Slow: about 40 s.) 2 steps of 2 clips of 32 s x 2560-d features and 100-word captions, d = 1024, through the engine."
+    "(Slow.) 2 steps of 2 clips: 32 s x 2560-d features, 100-word captions, d = 1024, through the engine."
     tr = train_on_features(ROOT / 'configs' / 'support_set_msrvtt.yaml', overrides=['method_args.in_dim=2560'],
                            dry_run=True)
     assert tr.step == 2 and tr.model.frozen is None and tr.model.video_f.in_dim == 2560
