@@ -188,7 +188,7 @@ def test_claims_and_notebook_commands():
     nb = nbformat.read(ROOT / 'nbs' / 'papers' / '25_support_set.ipynb', as_version=4)
     md = next(c.source for c in nb.cells if c.cell_type == 'markdown' and c.source.startswith('## At full scale'))
     lines = [l for b in md.split('```sh')[1:] for l in b.split('```')[0].replace('\\\n', ' ').splitlines()]
-    parser = anno_parser(support_set_cli.__wrapped__)
+    parser = anno_parser(support_set_cli)
     n = 0
     for line in lines:
         if 'python -m avlearn.papers.support_set' not in line: continue
