@@ -8,6 +8,9 @@ Cells and tests carry nbdev's test flags (settings.ini `tst_flags = slow cuda mu
 import os, re
 import pytest
 
+# notebook run times, the 120 s budget per notebook and --save-executed (tools/pytest_notebooks.py)
+pytest_plugins = ['tools.pytest_notebooks']
+
 os.environ.setdefault('MPLBACKEND', 'Agg')
 os.environ.setdefault('PYTHONHASHSEED', '0')
 
