@@ -1,5 +1,5 @@
-"""The course site in a real browser (`make test-docs`, after `make docs`): headless Debian Chromium, driven by selenium as
-in tests/test_lab.py, opens the index and three notebook pages served over HTTP from _site/ and checks that
+"""The course site in a real browser (`make test-docs`, after `make docs`): headless Debian Chromium, driven by selenium
+as in tests/test_lab.py, opens the index and three notebook pages served over HTTP from _site/ and checks that
 equations are typeset by MathJax (no raw TeX, no MathJax error), plots are images that decoded and are not blank, the
 page logged no script error, and the site search finds a notebook. Screenshots go to _build/screenshots/ (or
 AVLEARN_DOCS_SHOTS), the test's artefacts.

@@ -1,6 +1,6 @@
-"""Student copies (`make student`, tools/make_student.py): nbgrader removes every solution region and nothing else, and a
-student copy runs as a student meets it: everything before the exercises runs, each exercise cell stops with nbgrader's
-`raise NotImplementedError()` until it is solved.
+"""Student copies (`make student`, tools/make_student.py): nbgrader removes every solution region and nothing else,
+and a student copy runs as a student meets it: everything before the exercises runs, each exercise cell stops with
+nbgrader's `raise NotImplementedError()` until it is solved.
 
 The solution notebooks themselves run under nbval in `make test`. The executed check runs one small notebook
 (AVLEARN_STUDENT_NOTEBOOK picks another)."""

@@ -157,7 +157,8 @@ def main(argv=None):
         print(f'running {len(todo)} notebooks ({a.jobs} at once): ' + ' '.join(str(p.relative_to(NBS)) for p in todo))
         with ProcessPoolExecutor(max(1, a.jobs)) as pool:
             for rel, seconds, errors in pool.map(execute, todo):
-                ran.append((rel, seconds)); print(f'  {seconds:6.1f} s  {rel}' + (f'   ERRORS: {errors}' if errors else ''))
+                ran.append((rel, seconds))
+                print(f'  {seconds:6.1f} s  {rel}' + (f'   ERRORS: {errors}' if errors else ''))
     t_exec = time.time() - t0
 
     shutil.rmtree(SRC, ignore_errors=True); SRC.mkdir(parents=True)
@@ -183,7 +184,8 @@ def main(argv=None):
     yml = BUILD / 'mkdocs.yml'
     yml.write_text(mkdocs_yml(nav))
     t1 = time.time()
-    r = subprocess.run([sys.executable, '-m', 'mkdocs', 'build', '-q', '-f', str(yml), '-d', str(Path(a.out).resolve())],
+    r = subprocess.run([sys.executable, '-m', 'mkdocs', 'build', '-q', '-f', str(yml), '-d',
+                        str(Path(a.out).resolve())],
                        cwd=ROOT, env=dict(os.environ, NO_MKDOCS_2_WARNING='1'))
     if r.returncode: sys.exit(r.returncode)
     relocate_mathjax(Path(a.out))
