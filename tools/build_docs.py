@@ -23,7 +23,10 @@ BUILD = ROOT / '_build'
 EXECUTED = BUILD / 'executed'
 SRC = BUILD / 'site_src'
 MATHJAX_TOKEN = 'AVLEARN_MATHJAX_ROOT/'
-MATHJAX_URL = MATHJAX_TOKEN + 'MathJax.js?config=TeX-AMS-MML_HTMLorMML-full,Safe'
+MATHJAX_URL = MATHJAX_TOKEN + 'MathJax.js?config=TeX-AMS-MML_HTMLorMML-full,Safe,local/avlearn'
+# jupyter-server-mathjax ships the STIX web fonts only (not MathJax's TeX fonts): say so, or MathJax asks for the others
+MATHJAX_LOCAL = ('MathJax.Hub.Config({"HTML-CSS": {availableFonts: ["STIX-Web"], preferredFont: "STIX-Web", '
+                 'webFont: "STIX-Web", imageFont: null}});\nMathJax.Ajax.loadComplete("[MathJax]/config/local/avlearn.js");\n')
 _FLAG_RE = re.compile(r'^\s*#\s*\|\s*(slow|cuda|multigpu)\b', re.M)
 _DIRECTIVE_RE = re.compile(r'^\s*#\s*\|')
 SECTIONS = (('Foundations', lambda p: p.parent == NBS and p.name != 'index.ipynb'),
@@ -78,6 +81,12 @@ def execute(src: Path) -> tuple[str, float, str]:
     return str(src.relative_to(NBS)), seconds, '; '.join(errors)
 
 
+def _page_link(rel: Path, link: str) -> str:
+    "A link from notebook `rel` (under nbs/) to another notebook, as written in it, made relative to the site page."
+    target = Path(link[4:]) if link.startswith('nbs/') else Path(os.path.normpath(rel.parent / link))
+    return os.path.relpath(target, rel.parent)
+
+
 def for_the_site(nb: nbformat.NotebookNode, rel: Path) -> nbformat.NotebookNode:
     "Drop `#| hide` cells and nbdev's `#|` directive lines; point links to notebooks and the report at site pages."
     depth = len(rel.parts) - 1
@@ -88,10 +97,11 @@ def for_the_site(nb: nbformat.NotebookNode, rel: Path) -> nbformat.NotebookNode:
         if c.cell_type == 'code':
             if any(l.replace(' ', '') == '#|hide' for l in lines[:5]): continue
             c.source = '\n'.join(l for l in lines if not _DIRECTIVE_RE.match(l)).strip('\n')
+            if not c.source.strip() and not c.get('outputs'): continue    # e.g. the `#| default_exp` cell
         if c.cell_type == 'markdown':
-            c.source = re.sub(r'\]\((?:\.\./)*(?:nbs/)?([\w/]+)\.ipynb\)', lambda m: f']({up}{m.group(1)}.ipynb)',
-                              c.source)
-            c.source = re.sub(r'\]\((?:\.\./)*results/REPORT\.md\)', f']({up}report.md)', c.source)
+            # notebook pages are HTML made by nbconvert, whose links MkDocs does not rewrite: link the pages directly
+            c.source = re.sub(r'\]\(([\w./-]+)\.ipynb\)', lambda m: f']({_page_link(rel, m.group(1))}.html)', c.source)
+            c.source = re.sub(r'\]\((?:\.\./)*results/REPORT\.md\)', f']({up}report.html)', c.source)
         cells.append(c)
     nb.cells = cells
     return nb
@@ -179,6 +189,8 @@ def main(argv=None):
     api = api_pages()
     mj = Path(__import__('jupyter_server_mathjax').__file__).parent / 'static'
     shutil.copytree(mj, SRC / 'assets' / 'mathjax')
+    (SRC / 'assets' / 'mathjax' / 'config' / 'local').mkdir(exist_ok=True)
+    (SRC / 'assets' / 'mathjax' / 'config' / 'local' / 'avlearn.js').write_text(MATHJAX_LOCAL)
     nav = [{'Home': 'index.ipynb'}] + [{name: pages} for name, pages in sections.items() if pages] + \
           [{'Reproduction report': 'report.md'}, {'API': [{mod: str(page)} for mod, page in api]}]
     yml = BUILD / 'mkdocs.yml'
