@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / 'tools'))
 from make_student import BEGIN, CODE_STUB, END, NBS, notebooks, student_copy, write_student  # noqa: E402
 
-NOTEBOOK = os.environ.get('AVLEARN_STUDENT_NOTEBOOK', 'papers/24_stica.ipynb')
+NOTEBOOK = os.environ.get('AVLEARN_STUDENT_NOTEBOOK', 'papers/28_compositional.ipynb')
 _FLAG_RE = re.compile(r'^\s*#\s*\|\s*(slow|cuda|multigpu)\b', re.M)
 
 
