@@ -21,7 +21,8 @@ setuptools.setup(
     package_data={'avlearn.configs': ['*.yaml']},
     include_package_data=True, zip_safe=False,
     install_requires=cfg['requirements'].split(),
-    extras_require={'dev': cfg['dev_requirements'].split()},
+    # lab: the browser test of JupyterLab (make test-lab), driving Debian's chromium through chromium-driver
+    extras_require={'dev': cfg['dev_requirements'].split(), 'lab': ['selenium>=4.10']},
     entry_points={'console_scripts': cfg['console_scripts'].split(), 'nbdev': [f"{cfg['lib_name']}={cfg['lib_name']}._modidx:d"]},
     classifiers=['Programming Language :: Python :: 3', 'Topic :: Scientific/Engineering :: Artificial Intelligence'],
 )

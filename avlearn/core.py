@@ -10,7 +10,8 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['seed_everything', 'default_device', 'has_cuda', 'check_tensor', 'check_range', 'to_numpy']
+__all__ = ['seed_everything', 'default_device', 'has_cuda', 'DocRenderer', 'static_copy', 'check_tensor', 'check_range',
+           'to_numpy']
 
 # %% ../nbs/00_core.ipynb #3058d6c0
 def seed_everything(seed: int = 0, deterministic: bool = False) -> torch.Generator:
@@ -36,6 +37,33 @@ def has_cuda(what: str = 'this cell') -> bool:
     if torch.cuda.is_available(): return True
     print(f"skipped {what}: it needs a CUDA GPU and there is none here")
     return False
+
+# %% ../nbs/00_core.ipynb #8a2c268c
+class DocRenderer:
+    """`show_doc`'s renderer (settings.ini `renderer`): a rule, the name as a heading, the signature and the docstring,
+    in Markdown that JupyterLab and GitHub render as is (no Quarto-only `{target=...}` attributes)."""
+    def __init__(self, sym, name: str | None = None, title_level: int = 3):
+        from fastcore.docments import MarkdownRenderer   # fastcore (nbdev's base) parses signatures and docments
+        self.md = MarkdownRenderer(sym, name=name, title_level=title_level)
+
+    def _repr_markdown_(self) -> str:
+        doc = f"\n\n{self.md.docs}" if self.md.docs else ''   # plain text: fastcore italicises the first line only
+        return f"---\n\n{'#' * self.md.title_level} {self.md.nm}\n\n```python\n{str(self.md.dm).strip()}\n```{doc}"
+
+    def __repr__(self) -> str: return repr(self.md)
+
+# %% ../nbs/00_core.ipynb #6cb07186
+def static_copy(draw, *args, **kwargs):
+    """Call `draw(*args, **kwargs)`, the function behind a widget (no arguments: its default view), under a caption: a
+    plain figure or text that stays when the saved notebook is reopened without a kernel (widget outputs do not).
+    Returns `draw`'s result."""
+    if not callable(draw): raise TypeError(f"draw must be the widget's drawing function, got {type(draw).__name__}")
+    from IPython.display import Markdown, display
+    at = ', '.join([repr(a) for a in args] + [f'{k}={v!r}' for k, v in kwargs.items()])
+    view = f'view at {at} (the rest at its defaults)' if at else 'default view'
+    display(Markdown(f"*Static copy of the widget's {view}: it stays in the saved notebook, while the widget above "
+                     "needs a running kernel (Run All) to draw and follow its controls.*"))
+    return draw(*args, **kwargs)
 
 # %% ../nbs/00_core.ipynb #65cbb2c2
 def _fmt_shape(shape): return '(' + ', '.join('*' if s is None else str(s) for s in shape) + ')'

@@ -244,8 +244,10 @@ def _drift(frames: np.ndarray, distance: float, angle: float) -> np.ndarray:
         out[t] = np.roll(frames[t], (int(round(d * np.sin(angle))), int(round(d * np.cos(angle)))), (0, 1))
     return out
 
-def _render_video(cfg: ToyWorldConfig, f: dict, tr: dict, distractors: list, pan: np.ndarray) -> np.ndarray:
-    "Frames (T, H, W, 3) float32 in [0, 1]."
+def _render_video(cfg: ToyWorldConfig, f: dict, tr: dict, distractors: list, pan: np.ndarray,
+                  covers: list | None = None) -> np.ndarray:
+    """Frames (T, H, W, 3) float32 in [0, 1]; each object's coverage (T, H, W), distractors first, is appended to
+    `covers`."""
     T, H = cfg.n_frames, cfg.size
     grid = (np.arange(H, dtype=np.float32) + 0.5) / H
     X = grid[None, None, :] + pan[:, None, None].astype(np.float32)   # (T, 1, W): the camera looks at x + pan
@@ -261,6 +263,7 @@ def _render_video(cfg: ToyWorldConfig, f: dict, tr: dict, distractors: list, pan
         d = _shape_distance(shape, dx, dy)
         cover = np.clip((1 - d) * s[:, None, None] * H + 0.5, 0, 1) * alpha[:, None, None]  # ~1 px soft edge
         frames[:] = frames + (np.asarray(colour, np.float32) - frames) * cover[..., None]
+        if covers is not None: covers.append(cover.astype(np.float32))
     for dis in distractors: draw(*dis)
     draw(f['shape'], COLOURS[f['colour']], tr['x'], tr['y'], tr['s'], tr['alpha'])
     return frames
@@ -378,7 +381,9 @@ class ToyWorld(torch.utils.data.Dataset):
         return torch.tensor([self._label(f, task) for f in self.factors], dtype=torch.long)
 
     def render(self, i: int) -> dict:
-        "Render clip `i` as NumPy: frames (T, H, W, 3) float32, audio (S,), per-frame sub-action ids and impact frames."
+        """Render clip `i` as NumPy: frames (T, H, W, 3) float32, audio (S,), per-frame sub-action ids and impact
+        frames, and where the object is: its coverage `object_mask` (T, H, W) in [0, 1] and the distractors'
+        coverage `distractor_masks` (n_distractors, T, H, W)."""
         if not -self.n <= i < self.n: raise IndexError(f"clip index {i} out of range for a world of {self.n} clips")
         i = i % self.n
         c, f = self.cfg, dict(self.factors[i])
@@ -412,14 +417,18 @@ class ToyWorld(torch.utils.data.Dataset):
                     d_tr['alpha'],
                 )
             )
-        video = _render_video(c, f, tr, distractors, pan)
+        covers = []
+        video = _render_video(c, f, tr, distractors, pan, covers)
+        masks = np.stack(covers, -1)                                    # (T, H, W, objects): distractors, object
         if c.camera_drift:   # drawn only when asked for, so worlds without drift stay as they were
-            video = _drift(video, c.camera_drift * rng.uniform(0.5, 1.0), rng.uniform(0, 2 * np.pi))
+            dist, ang = c.camera_drift * rng.uniform(0.5, 1.0), rng.uniform(0, 2 * np.pi)
+            video, masks = _drift(video, dist, ang), _drift(masks, dist, ang)
         if c.video_noise: video = video + c.video_noise * rng.standard_normal(video.shape).astype(np.float32)
         audio = _render_audio(c, f, tr, rng)
         narr = {l: asr_corrupt(describe(f, l), c.asr_error_rate, rng, l) for l in c.languages}
         return dict(video=np.clip(video, 0, 1), audio=audio, frame_actions=frame_actions, impacts=tr['impacts'],
-                    narrations=narr, caption=describe(f, 'en'), factors=f)
+                    narrations=narr, caption=describe(f, 'en'), factors=f,
+                    object_mask=masks[..., -1], distractor_masks=masks[..., :-1].transpose(3, 0, 1, 2))
 
     def __getitem__(self, i: int) -> dict:
         i = int(i)

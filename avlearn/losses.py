@@ -13,8 +13,7 @@ from .dist import all_gather_with_grad, rank, world_size
 
 # %% auto #0
 __all__ = ['info_nce', 'nt_xent', 'cross_modal_nce', 'MemoryBank', 'memory_nce', 'avid_cma_loss', 'triplet_ranking_loss',
-           'margin_contrastive_loss', 'triplet_margin_loss', 'cluster_triplet_loss', 'cluster_negatives',
-           'composition_loss']
+           'margin_contrastive_loss', 'triplet_margin_loss', 'composition_loss']
 
 # %% ../nbs/03_losses.ipynb #5ee23b49
 def _check_embeddings(x, name, dim=None, rows=None, ndim=2):
@@ -319,27 +318,6 @@ def triplet_margin_loss(
     _check_embeddings(negative, 'negative', dim=anchor.shape[1], rows=anchor.shape[0])
     check_range(margin, 'margin', 0)
     return ((anchor - positive).pow(2).sum(1) - (anchor - negative).pow(2).sum(1) + margin).clamp_min(0).mean()
-
-def cluster_triplet_loss(logits: torch.Tensor, pseudolabels: torch.Tensor, anchor: torch.Tensor, positive: torch.Tensor,
-                         negative: torch.Tensor, alpha: float = 0.5, margin: float = 1.0) -> torch.Tensor:
-    "Seed 003 eq. 4: alpha * cross-entropy(logits, pseudolabels) + (1 - alpha) * triplet_margin_loss."
-    check_tensor(logits, 'logits', ndim=2, dtype='float')
-    check_tensor(pseudolabels, 'pseudolabels', ndim=1, shape=(logits.shape[0],), dtype='int')
-    check_range(alpha, 'alpha', 0, 1)
-    if pseudolabels.numel() and (pseudolabels.min() < 0 or pseudolabels.max() >= logits.shape[1]):
-        raise ValueError(f"pseudolabels must be in [0, {logits.shape[1]}) (the number of logits columns)")
-    return alpha * F.cross_entropy(logits, pseudolabels) + (1 - alpha) * triplet_margin_loss(
-        anchor, positive, negative, margin
-    )
-
-def cluster_negatives(clusters: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    "For each row i, a uniformly random row j with clusters[j] != clusters[i] (B,) long."
-    check_tensor(clusters, 'clusters', ndim=1, dtype='int')
-    same_c = clusters[:, None] == clusters[None, :]
-    if same_c.all(1).any():
-        raise ValueError("clusters must contain at least two distinct clusters (a negative must exist for every row)")
-    w = (~same_c).float()
-    return torch.multinomial(w, 1, generator=generator).squeeze(1)
 
 # %% ../nbs/03_losses.ipynb #cbe09ee4
 def composition_loss(h: torch.Tensor, composed: torch.Tensor) -> torch.Tensor:

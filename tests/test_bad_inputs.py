@@ -80,7 +80,6 @@ SPECS = {
     'triplet_margin_loss': (losses.triplet_margin_loss, dict(anchor=EMB, positive=EMB2, negative=unit(6, 8)),
                             {'anchor': {}, 'positive': {}, 'negative': {}}),
     'composition_loss': (losses.composition_loss, dict(h=EMB, composed=EMB2), {'h': {}, 'composed': {}}),
-    'cluster_negatives': (losses.cluster_negatives, dict(clusters=LABELS, generator=G), {'clusters': {}}),
     # evaluation
     'average_clips': (ev.average_clips, dict(x=torch.randn(4, 3, 5)),
                       {'x': {'empty': lambda out: out.shape == (0, 5),
@@ -125,7 +124,7 @@ def _variants(x):
 
 
 # findings outside this module set's owners' reach for now: reported, kept visible as strict xfails
-OPEN = {('cluster_negatives', 'clusters', 'empty'): 'losses.cluster_negatives: torch.multinomial error on no clusters'}
+OPEN = {}   # (cluster_negatives moved to avlearn.papers.deep_cluster, its empty case fixed: tests/test_deep_cluster.py)
 CASES = [pytest.param(name, arg, variant, marks=pytest.mark.xfail(strict=True, reason=OPEN[name, arg, variant]))
          if (name, arg, variant) in OPEN else (name, arg, variant)
          for name, spec in SPECS.items() for arg in spec[2] for variant in _variants(spec[1][arg])]

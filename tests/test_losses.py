@@ -8,7 +8,7 @@ import torch.multiprocessing as mp
 from avlearn.dist import all_gather_rows, all_gather_with_grad
 from avlearn.losses import (info_nce, nt_xent, cross_modal_nce, MemoryBank, memory_nce,
                             avid_cma_loss, triplet_ranking_loss, margin_contrastive_loss, triplet_margin_loss,
-                            cluster_triplet_loss, cluster_negatives, composition_loss)
+                            composition_loss)
 
 D64 = torch.float64
 
@@ -80,9 +80,6 @@ def test_triplet_and_margin_losses_match_loop():
     nn = torch.randn(4, 3, dtype=D64)
     ref = sum(max(0., float((a[i] - p[i]).pow(2).sum() - (a[i] - nn[i]).pow(2).sum()) + 1.5) for i in range(4)) / 4
     assert triplet_margin_loss(a, p, nn, 1.5).item() == pytest.approx(ref, abs=1e-12)
-    logits, y = torch.randn(4, 3, dtype=D64), torch.tensor([0, 2, 1, 1])
-    assert cluster_triplet_loss(logits, y, a, p, nn, 0.3, 1.5).item() == pytest.approx(
-        0.3 * F.cross_entropy(logits, y).item() + 0.7 * ref, abs=1e-12)
     h, c = torch.randn(3, 4, dtype=D64), torch.randn(3, 4, dtype=D64)
     assert composition_loss(h, c).item() == pytest.approx(sum(float((h[i] - c[i]).pow(2).sum()) / 4 for i in range(3)) / 3)
 
@@ -198,7 +195,6 @@ def test_errors_name_the_argument():
         (lambda: MemoryBank(10, 4).cma_positives(torch.tensor([1]), 10), 'k must be'),
         (lambda: MemoryBank(10, 4).update('depth', torch.tensor([1]), torch.randn(1, 4)), 'modality must be'),
         (lambda: MemoryBank(10, 4).update('video', torch.tensor([1]), torch.randn(2, 4)), 'features must have 1 rows'),
-        (lambda: cluster_triplet_loss(torch.randn(2, 3), torch.tensor([0, 3]), q[:2], q[:2], q[:2]), 'pseudolabels'),
     ]
     for fn, msg in cases:
         with pytest.raises((ValueError, TypeError), match=msg): fn()

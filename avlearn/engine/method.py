@@ -183,6 +183,11 @@ class Claim:
         spec = dict(paper=self.paper, name=self.name, what=self.what, paper_value=self.paper_value, config=self.config)
         return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
+    def _repr_markdown_(self) -> str:
+        "A claim in a notebook: a short paragraph (its dataclass repr is one line of hundreds of characters)."
+        paper = 'none' if self.paper_value is None else f'{self.paper_value:g}'
+        return f"**claim** `{self.paper}.{self.name}`: {self.what} ({self.unit}; paper's value: {paper})"
+
 CLAIMS: dict = {}
 
 def register_claim(claim: Claim) -> Claim:
