@@ -88,7 +88,7 @@ def _page_link(rel: Path, link: str) -> str:
 
 
 def for_the_site(nb: nbformat.NotebookNode, rel: Path) -> nbformat.NotebookNode:
-    "Drop `#| hide` cells and nbdev's `#|` directive lines; point links to notebooks and the report at site pages."
+    "Drop `#| hide` cells, nbdev's `#|` lines and live widgets; point links to notebooks and the report at site pages."
     depth = len(rel.parts) - 1
     up = '../' * depth
     cells = []
@@ -104,6 +104,12 @@ def for_the_site(nb: nbformat.NotebookNode, rel: Path) -> nbformat.NotebookNode:
             c.source = re.sub(r'\]\((?:\.\./)*results/REPORT\.md\)', f']({up}report.html)', c.source)
         cells.append(c)
     nb.cells = cells
+    # a widget needs a kernel: the page keeps the widget's static copy (an image output) and drops the live view, its
+    # text fallback ("VBox(children=...") and the saved widget state, whose embed script nbconvert would load from a CDN
+    nb.metadata.pop('widgets', None)
+    for c in nb.cells:
+        if c.cell_type == 'code':
+            c.outputs = [o for o in c.outputs if 'application/vnd.jupyter.widget-view+json' not in o.get('data', {})]
     return nb
 
 
