@@ -4,8 +4,9 @@
 
 # %% auto #0
 __all__ = ['ACTIONS', 'SHAPES', 'COLOURS', 'COLOUR_NOTES', 'SIZES', 'SCENES', 'COMPOUND_ACTIVITIES', 'TIME_REVERSED', 'LEXICON',
-           'TIMBRES', 'TASKS', 'MANIFEST_COLUMNS', 'ToyWorldConfig', 'describe', 'asr_corrupt', 'class_probabilities',
-           'ToyWorld', 'generation_speed', 'export_clips', 'toyworld_cli']
+           'ASR_ERROR_RATES', 'TIMBRES', 'TASKS', 'MANIFEST_COLUMNS', 'ToyWorldConfig', 'lexicon_words', 'describe',
+           'asr_corrupt', 'machine_translate', 'class_probabilities', 'ToyWorld', 'generation_speed', 'export_clips',
+           'toyworld_cli']
 
 # %% ../nbs/01_data.ipynb #998638eb
 # (no `from __future__ import annotations`: fastcore.script reads the Param annotations at run time)
@@ -68,6 +69,7 @@ class ToyWorldConfig:
     activities: tuple = tuple(COMPOUND_ACTIVITIES)
     asr_error_rate: float = 0.1        # fraction of narration words dropped or substituted
     languages: tuple = ('en', 'de', 'fr')
+    asr_error_rates: dict | None = None  # per-language ASR error rates overriding asr_error_rate (ASR_ERROR_RATES)
 
     def __post_init__(self):
         for name in ('n_frames', 'size', 'sample_rate'):
@@ -98,6 +100,12 @@ class ToyWorldConfig:
         check_range(self.camera_drift, 'camera_drift', 0)
         bad = [l for l in self.languages if l not in LEXICON]
         if bad: raise ValueError(f"languages must be among {tuple(LEXICON)}, got {bad}")
+        if self.asr_error_rates is not None:
+            if not isinstance(self.asr_error_rates, dict):
+                raise ValueError(f"asr_error_rates must be a dict {{language: rate}}, got {self.asr_error_rates!r}")
+            bad = [l for l in self.asr_error_rates if l not in LEXICON]
+            if bad: raise ValueError(f"asr_error_rates has unknown language(s) {bad}; known: {tuple(LEXICON)}")
+            for l, r in self.asr_error_rates.items(): check_range(r, f'asr_error_rates[{l!r}]', 0, 1)
 
     @property
     def duration(self) -> float: return self.n_frames / self.fps
@@ -133,7 +141,45 @@ LEXICON = {
                       'shrink': 'retrecit', 'approach': 'approche', 'recede': "s'eloigne"},
            'scene': {'meadow': 'prairie', 'ocean': 'mer', 'city': 'ville', 'night': 'nuit'},
            'fillers': ['euh', 'alors', 'et', 'le', 'bon', 'donc', 'voila']},
+    'es': {'template': 'un {shape} {colour} {size} {action} en el {scene}', 'then': 'luego',
+           'size': {'small': 'pequeno', 'large': 'grande'},
+           'colour': {'red': 'rojo', 'green': 'verde', 'blue': 'azul', 'yellow': 'amarillo', 'magenta': 'rosa'},
+           'shape': {'circle': 'pelota', 'square': 'caja', 'triangle': 'triangulo', 'diamond': 'rombo'},
+           'action': {'static': 'se queda quieto', 'linear': 'se desliza', 'bounce': 'rebota arriba y abajo',
+                      'circular': 'da vueltas en circulo', 'zigzag': 'va en zigzag', 'grow': 'crece',
+                      'shrink': 'encoge', 'approach': 'se acerca', 'recede': 'se aleja'},
+           'scene': {'meadow': 'prado', 'ocean': 'mar', 'city': 'ciudad', 'night': 'noche'},
+           'fillers': ['eh', 'pues', 'y', 'el', 'bueno', 'entonces', 'vale']},
+    'sw': {'template': '{shape} {size} {colour} {action} katika {scene}', 'then': 'kisha',    # Swahili
+           'size': {'small': 'mdogo', 'large': 'mkubwa'},
+           'colour': {'red': 'mwekundu', 'green': 'kijani', 'blue': 'samawati', 'yellow': 'manjano',
+                      'magenta': 'waridi'},
+           'shape': {'circle': 'mpira', 'square': 'sanduku', 'triangle': 'pembetatu', 'diamond': 'almasi'},
+           'action': {'static': 'imetulia', 'linear': 'inateleza', 'bounce': 'inaruka juu na chini',
+                      'circular': 'inazunguka kwa duara', 'zigzag': 'inaenda kombokombo', 'grow': 'inakua',
+                      'shrink': 'inasinyaa', 'approach': 'inakaribia', 'recede': 'inaondoka'},
+           'scene': {'meadow': 'uwanda', 'ocean': 'bahari', 'city': 'mjini', 'night': 'usiku'},
+           'fillers': ['eh', 'basi', 'na', 'sasa', 'yaani', 'haya', 'hivyo']},
+    'zh': {'template': '{size} {colour} de {shape} zai {scene} {action}', 'then': 'ranhou',  # Mandarin, pinyin
+           'size': {'small': 'xiao', 'large': 'da'},
+           'colour': {'red': 'hongse', 'green': 'lvse', 'blue': 'lanse', 'yellow': 'huangse', 'magenta': 'fenhongse'},
+           'shape': {'circle': 'qiu', 'square': 'hezi', 'triangle': 'sanjiaoxing', 'diamond': 'lingxing'},
+           'action': {'static': 'jingzhi budong', 'linear': 'huaguoqu', 'bounce': 'shangxia tiaodong',
+                      'circular': 'zhuanquan', 'zigzag': 'zou zhizixing', 'grow': 'biandale',
+                      'shrink': 'suoxiaole', 'approach': 'kaojin', 'recede': 'zouyuan'},
+           'scene': {'meadow': 'caodi', 'ocean': 'haibian', 'city': 'chengshi', 'night': 'yewan'},
+           'fillers': ['en', 'nage', 'jiushi', 'dui', 'hao', 'ne', 'ba']},
 }
+#: relative ASR quality: speech recognisers are worse for languages with less training audio (seed 004 ch. 5)
+ASR_ERROR_RATES = {'en': 0.10, 'de': 0.15, 'fr': 0.15, 'es': 0.15, 'sw': 0.30, 'zh': 0.25}
+
+def lexicon_words(language: str) -> set:
+    "Every word `language` can use in a narration: template, content words and ASR fillers."
+    if language not in LEXICON: raise ValueError(f"language must be one of {tuple(LEXICON)}, got {language!r}")
+    lx = LEXICON[language]
+    phrases = [lx['template'].format(size='', colour='', shape='', action='', scene=''), lx['then'], *lx['fillers']]
+    phrases += [w for k in ('size', 'colour', 'shape', 'action', 'scene') for w in lx[k].values()]
+    return {w for ph in phrases for w in ph.split()}
 
 def describe(factors: dict, language: str = 'en') -> str:
     "The clean narration of a clip's `factors` (keys size, colour, shape, scene and `actions`) in `language`."
@@ -154,6 +200,22 @@ def asr_corrupt(sentence: str, rate: float, rng: np.random.Generator, language: 
         if u < rate / 2: continue                           # dropped
         out.append(pool[rng.integers(len(pool))] if u < rate else w)  # substituted or kept
     return ' '.join(out) if out else sentence.split()[0]
+
+# %% ../nbs/01_data.ipynb #79e897d6
+def machine_translate(factors: dict, language: str, rng: np.random.Generator, rate: float = 0.1) -> str:
+    """The English caption of `factors` as a machine translation into `language` would give it: the target language's
+    sentence in which each content word (size, colour, shape, action, scene) is mistranslated into another word of
+    its kind with probability `rate` (the translate-train captions of seed 004 ch. 5)."""
+    check_range(rate, 'rate', 0, 1)
+    if language not in LEXICON: raise ValueError(f"language must be one of {tuple(LEXICON)}, got {language!r}")
+    lx, f = LEXICON[language], dict(factors)
+    for k in ('size', 'colour', 'shape', 'scene'):
+        if rng.random() < rate: f[k] = [v for v in lx[k] if v != f[k]][rng.integers(len(lx[k]) - 1)]
+    acts = list(f['actions'])
+    for j, a in enumerate(acts):
+        if rng.random() < rate: acts[j] = [v for v in lx['action'] if v != a][rng.integers(len(lx['action']) - 1)]
+    return describe(dict(f, actions=tuple(acts)), language)
+
 
 # %% ../nbs/01_data.ipynb #b29310f3
 _MARGIN = 0.12
@@ -425,7 +487,8 @@ class ToyWorld(torch.utils.data.Dataset):
             video, masks = _drift(video, dist, ang), _drift(masks, dist, ang)
         if c.video_noise: video = video + c.video_noise * rng.standard_normal(video.shape).astype(np.float32)
         audio = _render_audio(c, f, tr, rng)
-        narr = {l: asr_corrupt(describe(f, l), c.asr_error_rate, rng, l) for l in c.languages}
+        rates = c.asr_error_rates or {}
+        narr = {l: asr_corrupt(describe(f, l), rates.get(l, c.asr_error_rate), rng, l) for l in c.languages}
         return dict(video=np.clip(video, 0, 1), audio=audio, frame_actions=frame_actions, impacts=tr['impacts'],
                     narrations=narr, caption=describe(f, 'en'), factors=f,
                     object_mask=masks[..., -1], distractor_masks=masks[..., :-1].transpose(3, 0, 1, 2))
