@@ -13,6 +13,9 @@ registered kernel. `--nbval-kernel-name NAME` still picks a kernel by name.
 import os, re
 import pytest
 
+# notebook run times, the 120 s budget per notebook and --save-executed (tools/pytest_notebooks.py)
+pytest_plugins = ['tools.pytest_notebooks']
+
 os.environ.setdefault('MPLBACKEND', 'Agg')
 os.environ.setdefault('PYTHONHASHSEED', '0')
 
