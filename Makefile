@@ -57,7 +57,7 @@ test-nbs: $(STAMP)
 
 # cells and tests flagged slow (nbdev tst_flags) run only here
 test-slow: $(STAMP)
-	$(PY) -m pytest -q -p no:cacheprovider --run-slow tests nbs --nbval-lax
+	AVLEARN_RUN_SLOW=1 $(PY) -m pytest -q -p no:cacheprovider --run-slow tests nbs --nbval-lax
 
 # JupyterLab on http://$(LAB_IP):$(LAB_PORT) (`make lab LAB_IP=0.0.0.0 LAB_PORT=9999` in a container); as root
 # (containers, cloud notebooks) it adds --allow-root; with no display it opens no browser and prints the URL to open

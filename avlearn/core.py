@@ -10,8 +10,8 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['seed_everything', 'default_device', 'has_cuda', 'DocRenderer', 'static_copy', 'check_tensor', 'check_range',
-           'to_numpy']
+__all__ = ['RUN_SLOW', 'seed_everything', 'default_device', 'has_cuda', 'run_slow', 'DocRenderer', 'static_copy', 'check_tensor',
+           'check_range', 'to_numpy']
 
 # %% ../nbs/00_core.ipynb #3058d6c0
 def seed_everything(seed: int = 0, deterministic: bool = False) -> torch.Generator:
@@ -36,6 +36,17 @@ def has_cuda(what: str = 'this cell') -> bool:
     "True when a CUDA GPU is here; otherwise print that `what` was skipped (it needs one) and return False."
     if torch.cuda.is_available(): return True
     print(f"skipped {what}: it needs a CUDA GPU and there is none here")
+    return False
+
+# %% ../nbs/00_core.ipynb #de76baf9
+#: the one switch for cells flagged `#| slow` (minutes on a CPU): off unless AVLEARN_RUN_SLOW=1 or set to True
+RUN_SLOW = os.environ.get('AVLEARN_RUN_SLOW', '') == '1'
+
+def run_slow(what: str = 'this cell') -> bool:
+    "True when slow cells should run (`RUN_SLOW`); otherwise print that `what` was skipped and how to run it."
+    if RUN_SLOW: return True
+    print(f"skipped {what}: a slow cell (minutes on a CPU); set avlearn.core.RUN_SLOW = True (or AVLEARN_RUN_SLOW=1) "
+          "to run it")
     return False
 
 # %% ../nbs/00_core.ipynb #8a2c268c

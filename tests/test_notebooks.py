@@ -98,3 +98,17 @@ def test_make_lab_runs_as_root_and_prints_the_url(tmp_path):
     args = r.stdout.split('jupyter lab', 1)[1]
     assert ('--allow-root' in args) == (os.getuid() == 0) and '--no-browser' in args
     assert '--IdentityProvider.token=abc123' in args and '--ServerApp.port_retries=0' in args
+
+
+def flagged_cells_without_guard(paths) -> list:
+    "Cells flagged `#| slow` that do not ask `run_slow(...)`, and `#| cuda` ones that do not ask `has_cuda(...)`."
+    guards = {'#| slow': 'run_slow(', '#| cuda': 'has_cuda('}
+    return [f"{p.relative_to(ROOT)} cell: {src.splitlines()[0][:80]}" for p in paths for src in _code_cells(p)
+            for flag, guard in guards.items() if src.startswith(flag) and guard not in src]
+
+
+def test_slow_and_cuda_cells_say_they_were_skipped():
+    "Run All on a laptop CPU: a slow or GPU cell prints that it was skipped instead of running for minutes or failing."
+    assert not flagged_cells_without_guard(_nbs())
+    assert flagged_cells_without_guard([ROOT / 'nbs' / 'papers' / '21_gdt.ipynb']) == [] and any(
+        src.startswith('#| slow') for src in _code_cells(ROOT / 'nbs' / 'papers' / '21_gdt.ipynb'))
