@@ -90,7 +90,9 @@ test-lab: $(STAMP) $(KERNEL)
 
 # Debian's Chromium and its driver for make test-lab (as root, or with sudo)
 browser:
-	$$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get install -y chromium chromium-driver
+	SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); export DEBIAN_FRONTEND=noninteractive; \
+	$$SUDO apt-get install -y -qq chromium chromium-driver || \
+	  { $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium chromium-driver; }
 
 # student copies of every notebook in student/: solutions (### BEGIN SOLUTION ... ### END SOLUTION) replaced by
 # nbgrader's preprocessors with `raise NotImplementedError()` (tools/make_student.py; tests/test_student.py)
