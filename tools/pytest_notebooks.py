@@ -142,5 +142,5 @@ class NotebookTimer:
         tr.write_sep('=', f'notebook run times ({limit}; target 90 s)')
         for nb, s in sorted(done.items(), key=lambda kv: -kv[1]):
             cpu = f'{self.cpu[nb]:7.1f} s CPU' if nb in self.cpu else ' ' * 13
-        tr.write_line(f'{s:7.1f} s {cpu}  {nb}' + ('   OVER BUDGET' if nb in self.over else ''))
+            tr.write_line(f'{s:7.1f} s {cpu}  {nb}' + ('   OVER BUDGET' if nb in self.over else ''))
         tr.write_line(f'{sum(done.values()):7.1f} s  all {len(done)} notebooks')
