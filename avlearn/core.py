@@ -10,8 +10,8 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['RUN_SLOW', 'seed_everything', 'default_device', 'has_cuda', 'run_slow', 'DocRenderer', 'static_copy', 'check_tensor',
-           'check_range', 'to_numpy']
+__all__ = ['RUN_SLOW', 'seed_everything', 'default_device', 'has_cuda', 'run_slow', 'one_thread', 'DocRenderer', 'static_copy',
+           'check_tensor', 'check_range', 'to_numpy']
 
 # %% ../nbs/00_core.ipynb #3058d6c0
 def seed_everything(seed: int = 0, deterministic: bool = False) -> torch.Generator:
@@ -48,6 +48,14 @@ def run_slow(what: str = 'this cell') -> bool:
     print(f"skipped {what}: a slow cell (minutes on a CPU); set avlearn.core.RUN_SLOW = True (or AVLEARN_RUN_SLOW=1) "
           "to run it")
     return False
+
+# %% ../nbs/00_core.ipynb #e42e7252
+class one_thread:
+    "Context manager: run torch on one intra-op thread inside the block, then restore the previous number of threads."
+    def __enter__(self):
+        self.before = torch.get_num_threads(); torch.set_num_threads(1)
+        return self
+    def __exit__(self, *exc): torch.set_num_threads(self.before)
 
 # %% ../nbs/00_core.ipynb #8a2c268c
 class DocRenderer:

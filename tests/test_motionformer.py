@@ -15,11 +15,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
+def single_thread():
     "Tiny models train as fast on one thread, and far faster on a busy machine; the setting is restored afterwards."
-    n = torch.get_num_threads(); torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+    from avlearn.core import one_thread
+    with one_thread(): yield
 
 
 @pytest.mark.parametrize('name,n_classes,approx', [('motionformer_k400', 400, None),

@@ -28,7 +28,7 @@ from ..engine.method import (Method, MethodArgs, register_method, Claim, registe
 __all__ = ['TRANSFORMS', 'FEATURE_KINDS', 'ONE_SCENE', 'TOY', 'TABLE4_ROWS', 'TABLE3_PAPER', 'BUDGETS', 'static_frame',
            'frame_difference', 'concept_codes', 'FeatureQueue', 'soft_codes', 'swapped_alignment', 'sparsity_loss',
            'ConceptAttention', 'n_valid', 'valid_concepts', 'local_contrast', 'ConceptModel', 'concepts_loss',
-           'augment_clip', 'concept_inputs', 'ConceptsArgs', 'concept_features', 'Concepts', 'one_thread', 'toy_clips',
+           'augment_clip', 'concept_inputs', 'ConceptsArgs', 'concept_features', 'Concepts', 'toy_clips',
            'pretrain_toy', 'probe_kinds', 'concept_nmi', 'top_concept_maps', 'motion_energy', 'motion_overlap',
            'run_concepts', 'plot_concept_maps', 'results_tables', 'concept_view']
 
@@ -393,6 +393,7 @@ class Concepts(Method):
             for x, s in qs.items(): self.queues[x].load_state_dict(s)
 
 # %% ../../nbs/papers/30_concepts.ipynb #587300dd
+from ..core import one_thread      # tiny tensors: one thread beats a pool on a shared machine
 #: the one-scene world of Table 3's Diving-48 case: one scene and one object (a red circle) for every clip, so that
 #: only the motion (and the object's size) differ
 ONE_SCENE = dict(scenes=('meadow',), shapes=('circle',), colours=('red',))
@@ -412,11 +413,6 @@ TABLE3_PAPER = {'UCF-101': dict(f=72.1, z=66.3, z_s=61.4, z_d=62.6, u=72.7, u_s=
 #: the miniatures' sizes: 'fast' is the notebook's live run, 'full' what `avlearn-reproduce concepts` commits
 BUDGETS = {'fast': dict(n_train=128, n_test=64, steps=24),
            'full': dict(n_train=256, n_test=128, steps=64)}
-
-class one_thread:
-    "Run torch on one intra-op thread inside the block (small convolutions on a shared 2-core machine run faster)."
-    def __enter__(self): self.n = torch.get_num_threads(); torch.set_num_threads(1)
-    def __exit__(self, *exc): torch.set_num_threads(self.n)
 
 @lru_cache(maxsize=4)
 def toy_clips(world: str, seed: int, n_train: int, n_test: int) -> tuple:

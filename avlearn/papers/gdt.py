@@ -19,7 +19,7 @@ __all__ = ['MODES', 'VALUE_NAMES', 'TABLE1_ROWS', 'PAPER_TABLE_A1', 'TIME_ACTION
            'video_spec_from_modes', 'theorem1_variances', 'contrastive_strata', 'simulate_theorem1', 'theorem1_ratio',
            'av_spec', 'gdt_views', 'gdt_rows', 'gathered_gdt_nce', 'GDTArgs', 'GDTMethod', 'table1_spec',
            'table1_method_args', 'toy_time_world', 'probe_and_retrieve', 'frozen_features', 'probe_labels', 'Miniature',
-           'train_row', 'one_thread', 'run_table1', 'table1_frame', 'table1_report', 'claim_rows', 'claim_diagnostics',
+           'train_row', 'run_table1', 'table1_frame', 'table1_report', 'claim_rows', 'claim_diagnostics',
            'row_difference_claim']
 
 # %% ../../nbs/papers/21_gdt.ipynb #28226f02
@@ -587,6 +587,7 @@ def probe_labels(method: Method, model: torch.nn.Module, train: dict, test: dict
 import contextlib, io, json, tempfile
 from pathlib import Path
 from ..engine.method import train_in_process
+from ..core import one_thread      # tiny tensors: one thread beats a pool on a shared machine
 
 @dataclass(frozen=True)
 class Miniature:
@@ -631,15 +632,6 @@ def train_row(row: str, mini: Miniature, seed: int, train: dict, test: dict, lab
         seed_everything(seed)               # the engine seeds the same way before it builds the model
         probes[0] = probe_labels(t.method, t.method.build_model(), train, test, labels)
     return dict(row=row, seed=seed, probes={s: probes[s] for s in sorted(probes)}, losses=losses)
-
-@contextlib.contextmanager
-def one_thread():
-    """Run a block on one intra-op torch thread, then restore the previous number: the miniature's tensors are so small
-    that a thread pool costs more than it gives (on a busy 2-core machine, tens of times more)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try: yield
-    finally: torch.set_num_threads(before)
 
 # %% ../../nbs/papers/21_gdt.ipynb #f209cbee
 def run_table1(rows: Sequence[str], train: dict, test: dict, mini: Miniature, seeds: Sequence[int] = (0,),

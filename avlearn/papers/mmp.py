@@ -25,10 +25,10 @@ __all__ = ['LANGUAGES', 'DISTANT', 'MASK', 'BACKBONES', 'TOY', 'BUDGETS', 'MT_LA
            'PAPER_LANGUAGES', 'TABLE4', 'PAPER_ROW', 'TABLE3', 'check_languages', 'multilingual_vocabulary',
            'encode_texts', 'mask_tokens', 'mask_clips', 'PoolingLayer', 'PoolingHead', 'TextEncoder', 'HFTextEncoder',
            'MMPModel', 'nce', 'pick_languages', 'mmp_loss', 'MMPArgs', 'load_weights', 'MMP', 'read_subtitles',
-           'clip_features', 'MultiHowTo100M', 'train_on_features', 'one_thread', 'frozen_features', 'toy_data',
-           'train_toy', 'retrieval_scores', 'pretrained_weights', 'finetuned_model', 'finetune_scores', 'run_table4',
-           'run_table3', 'run_fig3', 'paper_non_english', 'non_english', 'mean_recall', 'table4_report',
-           'table3_report', 'plot_fig3', 'fig3_run']
+           'clip_features', 'MultiHowTo100M', 'train_on_features', 'frozen_features', 'toy_data', 'train_toy',
+           'retrieval_scores', 'pretrained_weights', 'finetuned_model', 'finetune_scores', 'run_table4', 'run_table3',
+           'run_fig3', 'paper_non_english', 'non_english', 'mean_recall', 'table4_report', 'table3_report', 'plot_fig3',
+           'fig3_run']
 
 # %% ../../nbs/papers/26_mmp.ipynb #f2cead24
 #: the toy world's languages in the order Figure 3 adds them; Swahili shares no word with English
@@ -444,6 +444,7 @@ def train_on_features(cfg, out=None, dry_run: bool = False):
     return train_in_process(cfg, train_set=data, out=out)
 
 # %% ../../nbs/papers/26_mmp.ipynb #6eb23651
+from ..core import one_thread      # tiny tensors: one thread beats a pool on a shared machine
 #: the miniature: clips of 8 frames at 32 px; the frozen "video backbone" averages each frame over a 4x4 grid
 TOY = dict(size=32, n_frames=8, grid=8, batch_size=64, lr=3e-3, clip_grad=1.0, max_len=16, mt_error_rate=0.1,
            method_args=dict(dim=32, feature_dim=192, text_layers=1, pool_layers=2, heads=4, dropout=0.0, max_len=16),
@@ -454,11 +455,6 @@ BUDGETS = {'fast': dict(n_pretrain=768, n_finetune=256, n_test=128, pretrain_ste
                         fig3=(1, 2, 4, 6))}
 #: languages of the machine-translated (translate-train) captions of Table 3's NCE* rows
 MT_LANGUAGES = ('en', 'de', 'fr')
-
-class one_thread:
-    "Run torch on one intra-op thread inside the block (small models on a shared 2-core machine run faster)."
-    def __enter__(self): self.n = torch.get_num_threads(); torch.set_num_threads(1)
-    def __exit__(self, *exc): torch.set_num_threads(self.n)
 
 def frozen_features(world: ToyWorld, indices, grid: int = 4) -> torch.Tensor:
     """The frozen, precomputed clip features of the miniature: each frame of each clip averaged over a grid x grid

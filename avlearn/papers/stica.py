@@ -26,7 +26,7 @@ __all__ = ['POOLINGS', 'ORDER_ACTIVITIES', 'TIME_ONLY', 'TOY_CROPS', 'NO_CROPS',
            'TOY', 'VIEW_SETTINGS', 'crop_offsets', 'feature_crop', 'check_crop_groups', 'crop_count', 'crop_sizes',
            'view_names', 'within_modal_pairs', 'sinusoid_positions', 'TemporalPooling', 'spatial_pool',
            'PooledVideoEncoder', 'STiCAModel', 'rgb_views', 'stica_loss', 'STiCAArgs', 'build_stica_model', 'STiCA',
-           'order_pairs', 'OrderedActivityWorld', 'one_thread', 'toy_clips', 'pretrain_toy', 'probe_toy', 'run_table3',
+           'order_pairs', 'OrderedActivityWorld', 'toy_clips', 'pretrain_toy', 'probe_toy', 'run_table3',
            'mirror_errors', 'run_table1c', 'saved_for_backward', 'step_cost', 'view_cost_table', 'table1c_run',
            'table3_report', 'table1c_report']
 
@@ -380,6 +380,7 @@ class OrderedActivityWorld(ToyWorld):
         return tuple(self.activities) if task == 'action' else super().class_names(task)
 
 # %% ../../nbs/papers/24_stica.ipynb #84dcd7b8
+from ..core import one_thread      # tiny tensors: one thread beats a pool on a shared machine
 #: the world of Table 3: every action, but one shape, colour and scene, so that only motion tells clips apart
 TIME_ONLY = dict(shapes=('circle',), colours=('red',), scenes=('meadow',))
 #: the paper's crop pattern scaled from a 4x7x7 map to the toy trunk's 4x3x3 map
@@ -400,11 +401,6 @@ BUDGETS = {'fast': dict(n_train=64, n_test=32, steps=4, finetune_epochs=2,
            'full': dict(n_train=256, n_test=128, steps=80, finetune_epochs=8, cells=tuple(TABLE1C))}
 TOY = dict(n_frames=16, size=48, fps=16.0, width=8, proj_dim=32, batch_size=32, lr=2e-3, finetune_lr=1e-3,
            transformer=dict(layers=2, heads=4, ffn_dim=0))
-
-class one_thread:
-    "Run torch on one intra-op thread inside the block (small convolutions on a shared 2-core machine run faster)."
-    def __enter__(self): self.n = torch.get_num_threads(); torch.set_num_threads(1)
-    def __exit__(self, *exc): torch.set_num_threads(self.n)
 
 @lru_cache(maxsize=2)
 def toy_clips(world: str, seed: int, n_train: int, n_test: int) -> tuple:

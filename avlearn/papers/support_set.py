@@ -27,8 +27,8 @@ __all__ = ['SPECIALS', 'POOLINGS', 'SUPPORT_SETS', 'BOS', 'EOS', 'TEXT_KEYS', 'T
            'TABLE2B', 'TABLE2F', 'ROWS', 'toy_vocabulary', 'HashVocabulary', 'encode_captions', 'check_lengths',
            'ConvPreEncoder', 'RecurrentPreEncoder', 'masked_batch_norm', 'PoolingHead', 'support_weights',
            'mix_sequences', 'caption_targets', 'CaptionDecoder', 'SupportSetModel', 'support_set_loss',
-           'SupportSetArgs', 'SupportSet', 'per_second_grid', 'toy_data', 'train_toy', 'one_thread', 'train_rows',
-           'run_rows', 'rows_report', 'FeatureManifest', 'write_feature_manifest', 'feature_args', 'train_on_features',
+           'SupportSetArgs', 'SupportSet', 'per_second_grid', 'toy_data', 'train_toy', 'train_rows', 'run_rows',
+           'rows_report', 'FeatureManifest', 'write_feature_manifest', 'feature_args', 'train_on_features',
            'support_set_cli']
 
 # %% ../../nbs/papers/25_support_set.ipynb #8033c4f9
@@ -460,6 +460,7 @@ class SupportSet(Method):
         return {d: {k: (100 * v if k.startswith('R@') else v) for k, v in m.items()} for d, m in r.items()}
 
 # %% ../../nbs/papers/25_support_set.ipynb #ac3ffae9
+from ..core import one_thread      # tiny tensors: one thread beats a pool on a shared machine
 TOY_WORLD = dict(n_frames=16, size=32, fps=4.0, sample_rate=4000, asr_error_rate=0.3, languages=('en',),
                  shapes=('circle',), actions=('grow', 'shrink', 'approach', 'recede'), colours=('red', 'green', 'blue'),
                  scenes=('meadow', 'night'))
@@ -505,11 +506,6 @@ def train_toy(method_args: dict, train: dict, seed: int, budget: str = 'full', b
                                       f'method_args={args}'],
                                train_set={k: v for k, v in train.items() if isinstance(v, torch.Tensor)})
     return trainer.method, trainer.model.eval()
-
-class one_thread:
-    "Run torch on one intra-op thread inside the block (small models on a shared 2-core machine run faster)."
-    def __enter__(self): self.n = torch.get_num_threads(); torch.set_num_threads(1)
-    def __exit__(self, *exc): torch.set_num_threads(self.n)
 
 #: the paper's MSR-VTT text-to-video R@1 (Tables 1, 2b and 2f)
 TABLE1 = {'none': 25.9, 'identity': 26.4, 'full': 25.8, 'hybrid': 26.0, 'cross': 27.2}
