@@ -7,42 +7,30 @@ AVLEARN_DOCS_SHOTS), the test's artefacts.
 Runs only when asked (AVLEARN_TEST_DOCS=1, as `make test-docs` sets) and skips when chromium, chromium-driver or
 selenium are missing (apt-get install chromium chromium-driver; pip install selenium) or the site is not built.
 AVLEARN_DOCS_PAGES picks other pages (paths under _site/)."""
-import os, re, socket, subprocess, sys, time, urllib.request
+import os, re, subprocess, sys, time, urllib.request
 from pathlib import Path
 import pytest
+from headless import chromium, free_port, wait   # tests/headless.py
 
 ROOT = Path(__file__).resolve().parents[1]
 SITE = Path(os.environ.get('AVLEARN_SITE', ROOT / '_site'))
 SHOTS = Path(os.environ.get('AVLEARN_DOCS_SHOTS', ROOT / '_build' / 'screenshots'))
-CHROMIUM, CHROMEDRIVER = Path('/usr/bin/chromium'), Path('/usr/bin/chromedriver')
 PAGES = os.environ.get('AVLEARN_DOCS_PAGES', '03_losses.html 08_sinkhorn.html papers/21_gdt.html').split()
 
 pytestmark = pytest.mark.skipif(os.environ.get('AVLEARN_TEST_DOCS') != '1',
                                 reason='the site in a browser: make test-docs (AVLEARN_TEST_DOCS=1)')
 
 
-def _wait(what, fn, timeout, every=0.5):
-    end = time.time() + timeout
-    while time.time() < end:
-        try:
-            got = fn()
-            if got: return got
-        except Exception: pass
-        time.sleep(every)
-    raise AssertionError(f'timed out after {timeout:.0f} s waiting for {what}')
-
-
 @pytest.fixture(scope='module')
 def site():
     "_site/ over HTTP on a free local port (the page paths are those a web server gives)."
     if not (SITE / 'index.html').exists(): pytest.skip(f'no site in {SITE}: run make docs')
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0)); port = s.getsockname()[1]
+    port = free_port()
     proc = subprocess.Popen([sys.executable, '-m', 'http.server', str(port), '--bind', '127.0.0.1', '--directory',
                              str(SITE)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f'http://127.0.0.1:{port}'
     try:
-        _wait('the web server', lambda: urllib.request.urlopen(base + '/index.html', timeout=5).status == 200, 30)
+        wait('the web server', lambda: urllib.request.urlopen(base + '/index.html', timeout=5).status == 200, 30)
         yield base
     finally:
         proc.terminate(); proc.wait(10)
@@ -50,19 +38,7 @@ def site():
 
 @pytest.fixture(scope='module')
 def browser():
-    if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
-        pytest.skip('needs Debian chromium and chromium-driver: apt-get install chromium chromium-driver')
-    pytest.importorskip('selenium', reason='needs selenium: pip install selenium (make test-docs does)')
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-    os.environ.setdefault('SE_AVOID_STATS', 'true')
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = str(CHROMIUM)
-    for a in ('--headless=new', '--no-sandbox', '--disable-dev-shm-usage', '--disable-gpu', '--window-size=1300,1000'):
-        opts.add_argument(a)
-    opts.set_capability('goog:loggingPrefs', {'browser': 'ALL'})
-    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=opts)
-    driver.set_page_load_timeout(120)
+    driver = chromium('make test-docs', '1300,1000', browser_log=True)
     try: yield driver
     finally: driver.quit()
 
@@ -88,13 +64,13 @@ def _shot(d, name):
 
 def _open(d, url):
     d.get(url)
-    _wait('the page', lambda: _js(d, "return document.readyState === 'complete'"), 60)
+    wait('the page', lambda: _js(d, "return document.readyState === 'complete'"), 60)
 
 
 def _math(d) -> dict:
     "Wait until MathJax has typeset the page, then count typeset equations, errors and TeX left raw."
-    _wait('MathJax to load', lambda: _js(d, 'return !!(window.MathJax && MathJax.Hub)'), 60)
-    _wait('MathJax to finish', lambda: _js(d, """
+    wait('MathJax to load', lambda: _js(d, 'return !!(window.MathJax && MathJax.Hub)'), 60)
+    wait('MathJax to finish', lambda: _js(d, """
         if (!window.__mjDone) { window.__mjDone = false; MathJax.Hub.Queue(() => { window.__mjDone = true; }); }
         return window.__mjDone;"""), 120)
     return _js(d, """
@@ -129,10 +105,10 @@ def test_index_and_search(site, browser):
     # the site search (Material's lunr index in a web worker) finds the Sinkhorn notebook
     _js(d, "const t = document.querySelector('[data-md-toggle=search]'); t.checked = true; "
            "t.dispatchEvent(new Event('change'))")
-    box = _wait('the search box', lambda: (lambda b: b if b.is_displayed() else None)(
+    box = wait('the search box', lambda: (lambda b: b if b.is_displayed() else None)(
         d.find_element('css selector', 'input.md-search__input')), 10)
     box.click(); box.send_keys('Sinkhorn-Knopp')
-    hits = _wait('search results', lambda: _js(
+    hits = wait('search results', lambda: _js(
         d, "return [...document.querySelectorAll('.md-search-result__item a')].map(a => a.getAttribute('href'))"), 60)
     _shot(d, '0_search.png')
     assert any('08_sinkhorn' in h for h in hits), hits

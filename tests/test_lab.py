@@ -8,12 +8,12 @@ Runs with `make test-lab` (pytest --run-lab); skipped when Debian's chromium and
 temporary folder, so Run All and Save never touch nbs/. AVLEARN_LAB_NOTEBOOK picks another notebook (default
 01_data.ipynb); AVLEARN_LAB_SHOTS=folder keeps screenshots.
 """
-import json, os, shutil, signal, socket, subprocess, sys, time, urllib.request
+import json, os, shutil, signal, subprocess, sys, time, urllib.request
 from pathlib import Path
 import pytest
+from headless import chromium, free_port, require_chromium, wait   # tests/headless.py
 
 ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM, CHROMEDRIVER = Path('/usr/bin/chromium'), Path('/usr/bin/chromedriver')
 NOTEBOOK = os.environ.get('AVLEARN_LAB_NOTEBOOK', '01_data.ipynb')
 KERNEL_DISPLAY_NAME = 'Python 3 (avlearn)'
 RUN_TIMEOUT = 600   # seconds for Run All on a loaded 2-core machine
@@ -21,33 +21,15 @@ RUN_TIMEOUT = 600   # seconds for Run All on a loaded 2-core machine
 pytestmark = pytest.mark.lab
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
-
-
-def _wait(what, fn, timeout, every=0.5):
-    end = time.time() + timeout
-    while time.time() < end:
-        try:
-            got = fn()
-            if got: return got
-        except Exception: pass
-        time.sleep(every)
-    raise AssertionError(f'timed out after {timeout:.0f} s waiting for {what}')
-
-
 @pytest.fixture
 def lab(tmp_path):
     "`make lab` serving a copy of NOTEBOOK from a temporary folder; yields (base url, token, notebook copy, log)."
-    if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
-        pytest.skip('needs Debian chromium and chromium-driver: make browser (apt-get install chromium chromium-driver)')
-    pytest.importorskip('selenium', reason='needs selenium: pip install selenium (make test-lab does)')
+    require_chromium('make test-lab')
     shutil.copy(ROOT / 'settings.ini', tmp_path / 'settings.ini')        # nbdev's show_doc reads it
     (tmp_path / 'nbs').mkdir()
     copy = tmp_path / 'nbs' / Path(NOTEBOOK).name
     shutil.copy(ROOT / 'nbs' / NOTEBOOK, copy)
-    port, token, log = _free_port(), os.urandom(12).hex(), tmp_path / 'lab.log'
+    port, token, log = free_port(), os.urandom(12).hex(), tmp_path / 'lab.log'
     venv = Path(sys.prefix)
     env = dict(os.environ, LAB_TOKEN=token, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get('PYTHONPATH', ''),
                JUPYTER_CONFIG_DIR=str(tmp_path / 'jupyter_config'))   # a student's own settings stay out
@@ -59,7 +41,7 @@ def lab(tmp_path):
                                 stderr=subprocess.STDOUT, start_new_session=True)
     base = f'http://127.0.0.1:{port}'
     try:
-        _wait('JupyterLab to answer', lambda: proc.poll() is None and urllib.request.urlopen(
+        wait('JupyterLab to answer', lambda: proc.poll() is None and urllib.request.urlopen(
             f'{base}/api/status?token={token}', timeout=5).status == 200 or proc.poll() is not None, 180)
         assert proc.poll() is None, f'make lab exited ({proc.returncode}):\n{log.read_text()[-3000:]}'
         assert f'{base}/lab?token={token}' in log.read_text(), 'make lab should print the URL to open'
@@ -72,15 +54,7 @@ def lab(tmp_path):
 
 @pytest.fixture
 def browser():
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-    os.environ.setdefault('SE_AVOID_STATS', 'true')
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = str(CHROMIUM)
-    for a in ('--headless=new', '--no-sandbox', '--disable-dev-shm-usage', '--disable-gpu', '--window-size=1400,1000'):
-        opts.add_argument(a)
-    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=opts)
-    driver.set_page_load_timeout(120)
+    driver = chromium('make test-lab', '1400,1000')
     try: yield driver
     finally: driver.quit()
 
@@ -92,7 +66,7 @@ def _menu(driver, top, item):
     "Click JupyterLab's menu `top` > `item`."
     from selenium.webdriver.common.by import By
     driver.find_element(By.XPATH, f"//li[contains(@class,'lm-MenuBar-item')][.//div[text()='{top}']]").click()
-    _wait(f'menu item {item}', lambda: driver.find_element(
+    wait(f'menu item {item}', lambda: driver.find_element(
         By.XPATH, f"//li[contains(@class,'lm-Menu-item')][.//div[text()='{item}']]"), 20).click()
 
 
@@ -105,10 +79,10 @@ def _shot(driver, name):
 def _open(driver, base, token, name):
     "Open the notebook and wait until its kernel is up (the kernel name in the toolbar is ours)."
     driver.get(f'{base}/lab/tree/{name}?token={token}')
-    _wait('the notebook', lambda: _js(driver, "return document.querySelectorAll('.jp-Notebook .jp-Cell').length"), 120)
+    wait('the notebook', lambda: _js(driver, "return document.querySelectorAll('.jp-Notebook .jp-Cell').length"), 120)
     kernel = lambda: _js(driver, "const k = document.querySelector('.jp-NotebookPanel-toolbar .jp-KernelName'); "
                                  "return k && k.textContent.trim() === arguments[0]", KERNEL_DISPLAY_NAME)
-    _wait('the avlearn kernel in the toolbar (or a dialog)', lambda: kernel() or _dialogs(driver), 120)
+    wait('the avlearn kernel in the toolbar (or a dialog)', lambda: kernel() or _dialogs(driver), 120)
     assert _dialogs(driver) == [], f'a dialog opened with the notebook: {_dialogs(driver)}'
     assert kernel(), 'the notebook did not start the "Python 3 (avlearn)" kernel'
 
@@ -154,7 +128,7 @@ def test_a_student_opens_runs_saves_and_reopens_a_notebook(lab, browser):
     _menu(d, 'Run', 'Run All Cells')
     done = lambda: (lambda p: p and all(x[:1] == '[' and x[1:-2].strip().isdigit() for x in p))(
         _widget_report(d)['prompts'])
-    _wait('Run All to finish', done, RUN_TIMEOUT, every=2)
+    wait('Run All to finish', done, RUN_TIMEOUT, every=2)
     time.sleep(2)
     _shot(d, '1_after_run_all.png')
     r = _widget_report(d)
@@ -169,14 +143,14 @@ def test_a_student_opens_runs_saves_and_reopens_a_notebook(lab, browser):
     # save, shut the kernel down, reopen: the saved widget state and the static copy draw again, still no dialog
     _menu(d, 'File', 'Save Notebook')
     with_state = lambda: (lambda nb: nb if 'widgets' in nb['metadata'] else None)(json.loads(copy.read_text()))
-    saved = _wait('the saved notebook to carry widget state', with_state, 60)
+    saved = wait('the saved notebook to carry widget state', with_state, 60)
     assert saved['metadata']['kernelspec']['name'] == 'avlearn'
     sessions = json.load(urllib.request.urlopen(f'{base}/api/sessions?token={token}', timeout=10))
     for s in sessions:
         urllib.request.urlopen(urllib.request.Request(f'{base}/api/sessions/{s["id"]}?token={token}', method='DELETE'),
                                timeout=30)
     _open(d, base, token, copy.name)
-    _wait('the widgets to draw from the saved state', lambda: _widget_report(d)['controls'] >= 1, 60)
+    wait('the widgets to draw from the saved state', lambda: _widget_report(d)['controls'] >= 1, 60)
     time.sleep(3)
     _shot(d, '2_reopened.png')
     r = _widget_report(d)
