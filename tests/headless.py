@@ -10,7 +10,8 @@ CHROMIUM, CHROMEDRIVER = Path('/usr/bin/chromium'), Path('/usr/bin/chromedriver'
 def require_chromium(make_target: str):
     "Skip the calling test unless chromium, chromium-driver and selenium are installed."
     if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
-        pytest.skip('needs Debian chromium and chromium-driver: make browser (apt-get install chromium chromium-driver)')
+        pytest.skip('needs Debian chromium and chromium-driver: make browser '
+                    '(apt-get install chromium chromium-driver)')
     pytest.importorskip('selenium', reason=f'needs selenium: pip install selenium ({make_target} does)')
 
 

@@ -46,8 +46,8 @@ def browser():
 def _js(d, script, *args): return d.execute_script(script, *args)
 
 
-# MathJax 2 probes for fonts it does not need (jupyter-server-mathjax ships the STIX web fonts, MathJax also tries its TeX
-# .otf files and an about:blank font): those failed font loads are expected and are not script errors
+# MathJax 2 probes for fonts it does not need (jupyter-server-mathjax ships the STIX web fonts, MathJax also tries
+# its TeX .otf files and an about:blank font): those failed font loads are expected and are not script errors
 _FONT_PROBE = re.compile(r"(\.otf|\.woff2?)(\?\S*)? - Failed to load resource|Access to font at 'about:blank'|"
                          r"^about:blank - Failed to load resource")
 
