@@ -28,8 +28,8 @@ from avlearn.engine.method import (
 
 # %% auto #0
 __all__ = ['AVID_WORLD', 'AVID_BUDGETS', 'PROBE_TASKS', 'AVIDCMAArgs', 'load_model_weights', 'AVIDCMA', 'embed_dataset',
-           'bank_freshness', 'cma_precision', 'bank_from_embeddings', 'toy_av_sets', 'toy_overrides', 'probe_score',
-           'avid_toy_runs', 'claim_bank_beats_random', 'claim_cma_positives', 'claim_cma_beats_avid']
+           'bank_freshness', 'cma_precision', 'bank_from_embeddings', 'toy_av_sets', 'toy_overrides', 'pretrain_toy',
+           'probe_score', 'avid_toy_runs', 'claim_bank_beats_random', 'claim_cma_positives', 'claim_cma_beats_avid']
 
 # %% ../../nbs/papers/20_avid_cma.ipynb #6e1da153
 @dataclass(frozen=True)
@@ -282,6 +282,16 @@ def toy_overrides(seed: int, budget: dict, world: dict = AVID_WORLD) -> list:
         'checkpoint_every=100000',
         f"keep_last={budget['epochs'] + 1}",
     ]
+
+def pretrain_toy(seed: int, budget: dict, world: dict, train_set) -> tuple:
+    """AVID-CMA pretraining of a miniature that continues from it (the compositional and cognizance claims):
+    `budget['base_epochs']` epochs in batches of 32, CMA positives from half-way, on `train_set`. Returns (the trainer,
+    its last checkpoint)."""
+    common = toy_overrides(seed, dict(budget, epochs=budget['base_epochs'], batch_size=32), world)
+    args = (f"method_args={{n_negatives: {budget['n_negatives']}, cma_k: {budget['cma_k']}, "
+            f"cma_start_epoch: {budget['base_epochs'] // 2}}}")
+    trainer = train_in_process(None, [*common, 'method=avid_cma', args], train_set=train_set)
+    return trainer, sorted(Path(trainer.out).glob('ckpt_*.pt'))[-1]
 
 def probe_score(res: dict, tasks=PROBE_TASKS) -> float:
     "Mean linear-probe accuracy over `tasks` of an `evaluate_model` result, in points."

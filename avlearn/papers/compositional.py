@@ -19,7 +19,7 @@ from ..losses import composition_loss
 from ..evaluation import finetune, linear_probe
 from ..summarisation import ToySumMe, ToySumMeConfig, summe_protocol, baseline_f_scores
 from ..engine.method import register_method, build_av_model, Claim, register_claim, train_in_process
-from .avid_cma import (AVIDCMA, AVIDCMAArgs, load_model_weights, toy_overrides,
+from .avid_cma import (AVIDCMA, AVIDCMAArgs, load_model_weights, toy_overrides, pretrain_toy,
                                      embed_dataset)
 
 EXTENDS = ('avid_cma',)
@@ -307,11 +307,7 @@ def compositional_runs(seed: int, budget: str = 'full', log=None) -> dict:
     threads = torch.get_num_threads(); torch.set_num_threads(1)    # tiny tensors: one thread beats a busy pool
     try:
         data = compound_sets(seed, B)
-        common = toy_overrides(seed, dict(B, epochs=B['base_epochs'], batch_size=32), COMPOUND_WORLD)
-        pre_args = (f"method_args={{n_negatives: {B['n_negatives']}, cma_k: {B['cma_k']}, "
-                    f"cma_start_epoch: {B['base_epochs'] // 2}}}")
-        pre = train_in_process(None, [*common, 'method=avid_cma', pre_args], train_set=data['base'])
-        ckpt = sorted(Path(pre.out).glob('ckpt_*.pt'))[-1]           # the last checkpoint: the pretrained model
+        pre, ckpt = pretrain_toy(seed, B, COMPOUND_WORLD, data['base'])     # ckpt: the pretrained model
         cont = [o for o in toy_overrides(seed, dict(B, epochs=B['cont_epochs'], batch_size=32), COMPOUND_WORLD)
                 if not o.startswith('optim.lr')] + ['optim.lr=1e-3', 'optim.weight_decay=1e-5']
         acc, probe, models = {}, {}, {}
