@@ -4,7 +4,7 @@
 
 # %% ../nbs/00a_dist.ipynb #f82f3a5b
 from __future__ import annotations
-import os, socket, tempfile
+import os, socket, tempfile, time
 from typing import Callable
 import torch
 import torch.distributed as tdist
@@ -125,9 +125,19 @@ def init_distributed() -> tuple:
     device = torch.device(f'cuda:{local}') if torch.cuda.is_available() else torch.device('cpu')
     return rank(), world_size(), device
 
-def leave_distributed():
-    "Leave the process group together (rank 0 hosts the rendezvous store and must not exit first)."
-    if is_distributed(): tdist.barrier(); tdist.destroy_process_group()
+def leave_distributed(timeout: float = 60.):
+    """Leave the process group together. Rank 0 may host the rendezvous store: if it exits while another rank is still
+    tearing down its gloo connections, that rank can abort. So every other rank reports on the store once its group is
+    destroyed, and rank 0 waits (at most `timeout` seconds) for all of them before it returns."""
+    if not is_distributed(): return
+    me, world = rank(), world_size()
+    store = tdist.distributed_c10d._get_default_store()   # outlives the group
+    tdist.barrier()
+    tdist.destroy_process_group()
+    if world == 1: return
+    if me != 0: store.add('avlearn/left', 1); return
+    deadline = time.monotonic() + timeout
+    while store.add('avlearn/left', 0) < world - 1 and time.monotonic() < deadline: time.sleep(0.01)
 
 def free_port() -> int:
     "A TCP port on localhost that nothing listens on now."
