@@ -4,11 +4,11 @@
 
 # %% ../nbs/08_sinkhorn.ipynb #24fcbb85
 from __future__ import annotations
-import math, time
+import contextlib, math, time
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 import torch
-from .core import check_tensor, check_range
+from .core import check_tensor, check_range, one_thread
 from .dist import all_reduce, all_gather_rows, is_distributed, rank
 
 # %% auto #0
@@ -105,38 +105,47 @@ def exponentiate_once(logits: torch.Tensor, lam: float, dtype: torch.dtype = tor
     dev, floor = logits.device, _FLOOR[dtype]
     K = torch.empty(n, k, dtype=dtype, device=dev) if out is None else out
     passes = passes or RowPasses(n, k * K.element_size(), dev)
-    rowmax, u = torch.empty(n, dtype=dtype, device=dev), torch.empty(n, dtype=dtype, device=dev)
-    colmax = torch.full((passes.threads, k), -math.inf, dtype=dtype, device=dev)
+    rowmax, rowsum, u = (torch.empty(n, dtype=dtype, device=dev) for _ in range(3))
     colsum = torch.zeros(passes.threads, k, dtype=dtype, device=dev)
-    finite = [True] * passes.threads
+    same = logits.dtype == dtype
 
     def block(w, lo, hi):
         L, E, m, ub = logits[lo:hi], K[lo:hi], rowmax[lo:hi], u[lo:hi]
-        hi_, lo_ = L.amax(1), L.amin(1)            # NaN propagates into both; +-inf shows in one of them
-        finite[w] &= bool(torch.isfinite(hi_).all() & torch.isfinite(lo_).all())
-        m.copy_(hi_)
-        _exponent_into(E, L, m, lam)
-        torch.maximum(colmax[w], E.amax(0), out=colmax[w])
-        E.clamp_(min=floor).exp_()
+        if same: torch.amax(L, 1, out=m)
+        else: m.copy_(L.amax(1))
+        torch.sum(L, 1, dtype=dtype, out=rowsum[lo:hi])  # NaN or +-inf in a row makes its sum non-finite
+        torch.sub(L, m[:, None], out=E).mul_(lam).clamp_(min=floor).exp_()
         torch.sum(E, 1, out=ub).reciprocal_()       # u = 1 / K 1
         colsum[w].addmv_(E.t(), ub)                 # K^T u while the block is in cache
 
     passes.run(block)
-    if not all(finite): raise ValueError("logits contains NaN or infinite values")
-    colmax, colsum = colmax.amax(0), colsum.sum(0)
-    if reduce is not None: reduce.max(colmax); reduce.sum(colsum)
+    # a non-finite row sum is NaN or +-inf in the logits, or finite logits whose sum overflows: tell them apart
+    if not bool(torch.isfinite(rowsum).all()) and not bool(torch.isfinite(logits).all()):
+        raise ValueError("logits contains NaN or infinite values")
+    sums = torch.cat([colsum.sum(0), u.sum()[None]])   # with sum_i u_i, for the dead-cluster test below
+    if reduce is not None: reduce.sum(sums)
+    colsum, usum = sums[:k], sums[k]
     plan = Plan(logits, float(lam), K, rowmax, torch.zeros(n, dtype=torch.float64, device=dev),
                 torch.zeros(k, dtype=torch.float64, device=dev), u, torch.ones(k, dtype=dtype, device=dev))
-    mass, dead = colsum, (colmax < floor).nonzero()[:, 0]
-    if len(dead):   # rescue: shift each cluster whose entries were all floored so that its best entry is 1
-        plan.b[dead] = -colmax[dead].double()
-        E = torch.empty(n, len(dead), dtype=dtype, device=dev)
-        _exponent_into(E, logits[:, dead], rowmax, lam, b=plan.b[dead])
-        K[:, dead] = E.clamp_(min=floor).exp_()
-        torch.sum(K, 1, out=u).reciprocal_()        # rare path: redo the first row update with two plain products
-        colsum = u @ K
-        if reduce is not None: reduce.sum(colsum)
-    return plan, colsum, mass
+    # a cluster whose entries are all floored has column sum e^floor sum_i u_i; only such candidates (rare) are read
+    # again to find their largest exponent, and the ones below the floor are rescued
+    maybe = (colsum <= 1.01 * math.exp(floor) * usum).nonzero()[:, 0]
+    if not len(maybe): return plan, colsum, colsum
+    colmax = torch.full((len(maybe),), -math.inf, dtype=dtype, device=dev)
+    if n: torch.amax(_exponent_into(torch.empty(n, len(maybe), dtype=dtype, device=dev), logits[:, maybe], rowmax,
+                                    lam), 0, out=colmax)
+    if reduce is not None: reduce.max(colmax)
+    below = colmax < floor
+    if not below.any(): return plan, colsum, colsum
+    dead = maybe[below]
+    plan.b[dead] = -colmax[below].double()        # rescue: shift each dead cluster so that its best entry is 1
+    E = torch.empty(n, len(dead), dtype=dtype, device=dev)
+    _exponent_into(E, logits[:, dead], rowmax, lam, b=plan.b[dead])
+    K[:, dead] = E.clamp_(min=floor).exp_()
+    torch.sum(K, 1, out=u).reciprocal_()            # rare path: redo the first row update with two plain products
+    fresh = u @ K
+    if reduce is not None: reduce.sum(fresh)
+    return plan, fresh, colsum
 
 # %% ../nbs/08_sinkhorn.ipynb #41294371
 def sinkhorn_pass(plan: Plan, omega: float = 1., passes: RowPasses | None = None) -> torch.Tensor:
@@ -252,14 +261,17 @@ class RowReduce:
 # %% ../nbs/08_sinkhorn.ipynb #3d9bb1bf
 def read_out(plan: Plan, passes: RowPasses | None = None, assignments: bool = True) -> tuple:
     """Consumes the plan's kernel: writes Q over `plan.K` when `assignments`, and returns (argmax labels (n,),
-    log u (n,), log v (K,)) with Q = exp(log u_i + lam L_iy + log v_y)."""
+    log u (n,), log v (K,)) with Q = exp(log u_i + lam L_iy + log v_y). For labels alone over several blocks, K v
+    goes to a scratch block per thread (K is only read: nothing is written back to memory)."""
     n, k = plan.K.shape
     passes = passes or RowPasses(n, k * plan.K.element_size(), plan.K.device)
     labels = torch.empty(n, dtype=torch.long, device=plan.K.device)
     best = torch.empty(n, dtype=plan.K.dtype, device=plan.K.device)
+    scratch = None if assignments or passes.block >= n else plan.K.new_empty(passes.threads, passes.block, k)
 
     def block(w, lo, hi):
-        E = plan.K[lo:hi].mul_(plan.v)
+        if scratch is None: E = plan.K[lo:hi].mul_(plan.v)
+        else: E = torch.mul(plan.K[lo:hi], plan.v, out=scratch[w, :hi - lo])
         torch.max(E, 1, out=(best[lo:hi], labels[lo:hi]))
         if assignments: E.mul_(plan.u[lo:hi, None])
 
@@ -413,7 +425,10 @@ def sinkhorn_knopp(logits: torch.Tensor, lam: float = 20., prior: torch.Tensor |
     r = _cluster_marginals(prior, H, K, dev)
     t0 = time.perf_counter()
     buffer = torch.empty(H, n, K, dtype=dtype, device=dev)        # every head's kernel, then its assignments
-    with RowPasses(n, K * buffer.element_size(), dev) as passes:
+    passes = RowPasses(n, K * buffer.element_size(), dev)
+    # between passes this thread does O(N + K) work: a parallel region there costs more (waking the other
+    # threads, on a busy machine waiting for a core) than the work, so it runs on one thread like the workers
+    with passes, one_thread() if passes.threads > 1 else contextlib.nullcontext():
         plans, colsums, masses = zip(*[exponentiate_once(L3[h], lam, dtype, passes, reduce, buffer[h])
                                        for h in range(H)])
         if prior is not None and permute_prior: r = match_prior(r, torch.stack(masses).double() / N)
