@@ -364,7 +364,8 @@ class SinkhornResult:
     omega: list = field(default_factory=list)  # over-relaxation factor each head ended with (1 = plain Sinkhorn-Knopp)
     seconds_per_iter: float = float('nan')     # wall time per iteration pass after the first (done in the set-up)
     history: list = field(default_factory=list)  # marginal error after each iteration (max over heads still running)
-    seconds: dict = field(default_factory=dict)  # wall time of 'setup' (with iteration 1), 'iterations', 'output'
+    seconds: dict = field(default_factory=dict)  # wall time of 'setup' (with iteration 1), 'iterations' (the last
+                                                 # one usually reads the plan out as well), 'output'
 
 def _check_arguments(logits, lam, tol, max_iter, omega, dtype, labels):
     check_tensor(logits, 'logits', ndim=(2, 3), dtype='float', finite=False)   # finiteness: checked in step 1's pass

@@ -11,7 +11,8 @@ of --repeats, every ratio between numbers measured in the same run, floors and o
            with every iteration counted at the time of a plain pass (`sinkhorn_pass` over the solver's state);
            and the least that share can be: a set-up that costs only `torch.exp(L)` into fresh memory (it must write
            every entry of a new N x K buffer once, which maps that memory in) credited with a whole plain pass, and
-           an output that costs one read of the matrix (floor B);
+           an output that costs one read of the matrix (floor B). A bound where the solver's buffer is fresh memory
+           too, as at the default shapes (a small buffer can come back from the allocator already mapped);
   peers    total time to the same marginal error as ours, / ours: POT `ot.sinkhorn`, POT log-domain
            (`method='sinkhorn_log'`), a SwAV-style loop written here, and lightly's `sinkhorn` when installed. They all
            run plain Sinkhorn-Knopp, so each starts from the iterations our plain run (omega=1) needs for that error
