@@ -4,17 +4,17 @@
 
 # %% ../nbs/08_sinkhorn.ipynb #24fcbb85
 from __future__ import annotations
-import math, time
+import contextlib, math, time
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 import torch
-from .core import check_tensor, check_range
+from .core import check_tensor, check_range, one_thread
 from .dist import all_reduce, all_gather_rows, is_distributed, rank
 
 # %% auto #0
-__all__ = ['match_prior', 'RowPasses', 'Plan', 'exponentiate_once', 'sinkhorn_pass', 'marginal_error', 'column_update',
-           'OverRelaxation', 'out_of_range', 'keep_in_range', 'RowReduce', 'read_out', 'prior_counts', 'round_to_prior',
-           'SinkhornResult', 'sinkhorn_knopp']
+__all__ = ['match_prior', 'RowPasses', 'Plan', 'exponentiate_once', 'sinkhorn_pass', 'rebuild', 'marginal_error', 'column_update',
+           'OverRelaxation', 'out_of_range', 'keep_in_range', 'RowReduce', 'read_out', 'log_scalings', 'prior_counts',
+           'round_to_prior', 'SinkhornResult', 'sinkhorn_knopp']
 
 # %% ../nbs/08_sinkhorn.ipynb #356c6456
 def match_prior(prior: torch.Tensor, mass: torch.Tensor) -> torch.Tensor:
@@ -105,55 +105,85 @@ def exponentiate_once(logits: torch.Tensor, lam: float, dtype: torch.dtype = tor
     dev, floor = logits.device, _FLOOR[dtype]
     K = torch.empty(n, k, dtype=dtype, device=dev) if out is None else out
     passes = passes or RowPasses(n, k * K.element_size(), dev)
-    rowmax, u = torch.empty(n, dtype=dtype, device=dev), torch.empty(n, dtype=dtype, device=dev)
-    colmax = torch.full((passes.threads, k), -math.inf, dtype=dtype, device=dev)
+    rowmax, rowsum, u = (torch.empty(n, dtype=dtype, device=dev) for _ in range(3))
     colsum = torch.zeros(passes.threads, k, dtype=dtype, device=dev)
-    finite = [True] * passes.threads
+    same = logits.dtype == dtype
 
     def block(w, lo, hi):
         L, E, m, ub = logits[lo:hi], K[lo:hi], rowmax[lo:hi], u[lo:hi]
-        hi_, lo_ = L.amax(1), L.amin(1)            # NaN propagates into both; +-inf shows in one of them
-        finite[w] &= bool(torch.isfinite(hi_).all() & torch.isfinite(lo_).all())
-        m.copy_(hi_)
-        _exponent_into(E, L, m, lam)
-        torch.maximum(colmax[w], E.amax(0), out=colmax[w])
-        E.clamp_(min=floor).exp_()
+        if same: torch.amax(L, 1, out=m)
+        else: m.copy_(L.amax(1))
+        torch.sum(L, 1, dtype=dtype, out=rowsum[lo:hi])  # NaN or +-inf in a row makes its sum non-finite
+        torch.sub(L, m[:, None], out=E).mul_(lam).clamp_(min=floor).exp_()
         torch.sum(E, 1, out=ub).reciprocal_()       # u = 1 / K 1
         colsum[w].addmv_(E.t(), ub)                 # K^T u while the block is in cache
 
     passes.run(block)
-    if not all(finite): raise ValueError("logits contains NaN or infinite values")
-    colmax, colsum = colmax.amax(0), colsum.sum(0)
-    if reduce is not None: reduce.max(colmax); reduce.sum(colsum)
+    # a non-finite row sum is NaN or +-inf in the logits, or finite logits whose sum overflows: tell them apart
+    if not bool(torch.isfinite(rowsum).all()) and not bool(torch.isfinite(logits).all()):
+        raise ValueError("logits contains NaN or infinite values")
+    sums = torch.cat([colsum.sum(0), u.sum()[None]])   # with sum_i u_i, for the dead-cluster test below
+    if reduce is not None: reduce.sum(sums)
+    colsum, usum = sums[:k], sums[k]
     plan = Plan(logits, float(lam), K, rowmax, torch.zeros(n, dtype=torch.float64, device=dev),
                 torch.zeros(k, dtype=torch.float64, device=dev), u, torch.ones(k, dtype=dtype, device=dev))
-    mass, dead = colsum, (colmax < floor).nonzero()[:, 0]
-    if len(dead):   # rescue: shift each cluster whose entries were all floored so that its best entry is 1
-        plan.b[dead] = -colmax[dead].double()
-        E = torch.empty(n, len(dead), dtype=dtype, device=dev)
-        _exponent_into(E, logits[:, dead], rowmax, lam, b=plan.b[dead])
-        K[:, dead] = E.clamp_(min=floor).exp_()
-        torch.sum(K, 1, out=u).reciprocal_()        # rare path: redo the first row update with two plain products
-        colsum = u @ K
-        if reduce is not None: reduce.sum(colsum)
-    return plan, colsum, mass
+    # a cluster whose entries are all floored has column sum e^floor sum_i u_i; only such candidates (rare) are read
+    # again to find their largest exponent, and the ones below the floor are rescued
+    maybe = (colsum <= 1.01 * math.exp(floor) * usum).nonzero()[:, 0]
+    if not len(maybe): return plan, colsum, colsum
+    colmax = torch.full((len(maybe),), -math.inf, dtype=dtype, device=dev)
+    if n: torch.amax(_exponent_into(torch.empty(n, len(maybe), dtype=dtype, device=dev), logits[:, maybe], rowmax,
+                                    lam), 0, out=colmax)
+    if reduce is not None: reduce.max(colmax)
+    below = colmax < floor
+    if not below.any(): return plan, colsum, colsum
+    dead = maybe[below]
+    plan.b[dead] = -colmax[below].double()        # rescue: shift each dead cluster so that its best entry is 1
+    E = torch.empty(n, len(dead), dtype=dtype, device=dev)
+    _exponent_into(E, logits[:, dead], rowmax, lam, b=plan.b[dead])
+    K[:, dead] = E.clamp_(min=floor).exp_()
+    torch.sum(K, 1, out=u).reciprocal_()            # rare path: redo the first row update with two plain products
+    fresh = u @ K
+    if reduce is not None: reduce.sum(fresh)
+    return plan, fresh, colsum
 
 # %% ../nbs/08_sinkhorn.ipynb #41294371
-def sinkhorn_pass(plan: Plan, omega: float = 1., passes: RowPasses | None = None) -> torch.Tensor:
+def sinkhorn_pass(plan: Plan, omega: float = 1., passes: RowPasses | None = None, read: tuple | None = None
+                  ) -> torch.Tensor:
     """Step 2: the row update u <- u^(1-omega) (1 / K v)^omega and the column sums c = K^T u of the updated plan, in one
-    pass over K. Returns this process's c (K,)."""
+    pass over K. Returns this process's c (K,). With `read=(labels, assignments)` (a plain update, omega = 1) the
+    pass also reads the plan out as `read_out` does, for when this update will be the last: argmax labels into
+    `labels` (n,) and, if `assignments`, Q over K. K is then consumed (Q, or K diag(v)): `rebuild` it to go on."""
     n, k = plan.K.shape
     passes = passes or RowPasses(n, k * plan.K.element_size(), plan.K.device)
     colsum = torch.zeros(passes.threads, k, dtype=plan.K.dtype, device=plan.K.device)
+    if read is not None:
+        if omega != 1.: raise ValueError(f"sinkhorn_pass reads the plan out only with omega=1, got {omega}")
+        labels, assignments = read
+        best = torch.empty(n, dtype=plan.K.dtype, device=plan.K.device)
 
     def block(w, lo, hi):
         E, ub = plan.K[lo:hi], plan.u[lo:hi]
+        if read is not None:
+            E.mul_(plan.v)                              # K diag(v): row sums K v, row argmax the label
+            torch.sum(E, 1, out=ub).reciprocal_()
+            colsum[w].addmv_(E.t(), ub)                 # v * K^T u (divided by v below)
+            torch.max(E, 1, out=(best[lo:hi], labels[lo:hi]))
+            if assignments: E.mul_(ub[:, None])
+            return
         if omega == 1.: torch.mv(E, plan.v, out=ub).reciprocal_()
         else: ub.pow_(1. - omega).div_(torch.mv(E, plan.v).pow_(omega))
         colsum[w].addmv_(E.t(), ub)
 
     passes.run(block)
-    return colsum.sum(0)
+    return colsum.sum(0) if read is None else colsum.sum(0) / plan.v
+
+def rebuild(plan: Plan, colsum: torch.Tensor, passes: RowPasses | None = None) -> torch.Tensor:
+    """After a pass that read the plan out (and consumed K) when the solve goes on: absorb u and v into the exponent,
+    rebuild K from the logits (`keep_in_range`) and return the column sums `colsum` in that representation (v c)."""
+    v = plan.v.clone()                                  # keep_in_range sets plan.v to 1 in place
+    keep_in_range(plan, True, passes)
+    return colsum * v
 
 def marginal_error(plan: Plan, colsum: torch.Tensor, target: torch.Tensor) -> float:
     "L1 distance sum_y |v_y c_y - N r_y| / N of the plan's cluster marginals from the prior; `target` is N r (float64)."
@@ -252,20 +282,26 @@ class RowReduce:
 # %% ../nbs/08_sinkhorn.ipynb #3d9bb1bf
 def read_out(plan: Plan, passes: RowPasses | None = None, assignments: bool = True) -> tuple:
     """Consumes the plan's kernel: writes Q over `plan.K` when `assignments`, and returns (argmax labels (n,),
-    log u (n,), log v (K,)) with Q = exp(log u_i + lam L_iy + log v_y)."""
+    log u (n,), log v (K,)) with Q = exp(log u_i + lam L_iy + log v_y). For labels alone over several blocks, K v
+    goes to a scratch block per thread (K is only read: nothing is written back to memory)."""
     n, k = plan.K.shape
     passes = passes or RowPasses(n, k * plan.K.element_size(), plan.K.device)
     labels = torch.empty(n, dtype=torch.long, device=plan.K.device)
     best = torch.empty(n, dtype=plan.K.dtype, device=plan.K.device)
+    scratch = None if assignments or passes.block >= n else plan.K.new_empty(passes.threads, passes.block, k)
 
     def block(w, lo, hi):
-        E = plan.K[lo:hi].mul_(plan.v)
+        if scratch is None: E = plan.K[lo:hi].mul_(plan.v)
+        else: E = torch.mul(plan.K[lo:hi], plan.v, out=scratch[w, :hi - lo])
         torch.max(E, 1, out=(best[lo:hi], labels[lo:hi]))
         if assignments: E.mul_(plan.u[lo:hi, None])
 
     passes.run(block)
-    log_u = plan.u.double().log() + plan.a - plan.lam * plan.rowmax.double()
-    return labels, log_u, plan.v.double().log() + plan.b
+    return (labels, *log_scalings(plan))
+
+def log_scalings(plan: Plan) -> tuple:
+    "(log u (n,), log v (K,)) in float64 relative to the raw logits: Q = exp(log u_i + lam L_iy + log v_y)."
+    return plan.u.double().log() + plan.a - plan.lam * plan.rowmax.double(), plan.v.double().log() + plan.b
 
 # %% ../nbs/08_sinkhorn.ipynb #2549d790
 def prior_counts(prior: torch.Tensor, N: int) -> torch.Tensor:
@@ -328,7 +364,8 @@ class SinkhornResult:
     omega: list = field(default_factory=list)  # over-relaxation factor each head ended with (1 = plain Sinkhorn-Knopp)
     seconds_per_iter: float = float('nan')     # wall time per iteration pass after the first (done in the set-up)
     history: list = field(default_factory=list)  # marginal error after each iteration (max over heads still running)
-    seconds: dict = field(default_factory=dict)  # wall time of 'setup' (with iteration 1), 'iterations', 'output'
+    seconds: dict = field(default_factory=dict)  # wall time of 'setup' (with iteration 1), 'iterations' (the last
+                                                 # one usually reads the plan out as well), 'output'
 
 def _check_arguments(logits, lam, tol, max_iter, omega, dtype, labels):
     check_tensor(logits, 'logits', ndim=(2, 3), dtype='float', finite=False)   # finiteness: checked in step 1's pass
@@ -360,18 +397,24 @@ def _cluster_marginals(prior, H: int, K: int, device) -> torch.Tensor:
     return r / r.sum(-1, keepdim=True)
 
 def _iterate(plans: list, colsums: list, target: torch.Tensor, omega, tol: float, max_iter: int, passes,
-             reduce) -> dict:
-    "Steps 2-5 on every head until each one's plain iteration is under `tol` or `max_iter` iterations have run."
+             reduce, assignments: bool = True) -> dict:
+    """Steps 2-5 on every head until each one's plain iteration is under `tol` or `max_iter` iterations have run.
+    A head's last pass also reads its plan out when that pass is known or expected to be the last (the plain row
+    update that confirms an over-relaxed iteration under `tol`): `labels[h]` is then its argmax labels, else None."""
     H, K = len(plans), target.shape[1]
+    n = plans[0].K.shape[0]
     relax = [OverRelaxation(omega) for _ in range(H)]
     done, err, iters, history = [False] * H, [math.inf] * H, [min(1, max_iter)] * H, []
     flags = [False] * H     # the first row update u = 1 / K 1 lies in [1/K, 1]: in range
+    read = [None] * H       # labels of a head whose last pass read its plan out
     passes_run = 0
     while max_iter > 0:
         worst = 0.
         for h in [h for h in range(H) if not done[h]]:
             err[h] = marginal_error(plans[h], colsums[h], target[h]); worst = max(worst, err[h])
             done[h], column_omega = relax[h].step(err[h], tol)
+            if not done[h] and read[h] is not None:     # the read-out was premature (rare): rebuild K and go on
+                colsums[h], flags[h], read[h] = rebuild(plans[h], colsums[h], passes), False, None
             if not done[h]: column_update(plans[h], colsums[h], target[h], column_omega)
         history.append(worst)
         active = [h for h in range(H) if not done[h]]
@@ -379,7 +422,9 @@ def _iterate(plans: list, colsums: list, target: torch.Tensor, omega, tol: float
         message = []
         for h in active:
             keep_in_range(plans[h], flags[h], passes)
-            message += [sinkhorn_pass(plans[h], relax[h].row_omega, passes), out_of_range(plans[h].u)]
+            if relax[h].confirm: read[h] = torch.empty(n, dtype=torch.long, device=plans[h].K.device)
+            message += [sinkhorn_pass(plans[h], relax[h].row_omega, passes,
+                                      None if read[h] is None else (read[h], assignments)), out_of_range(plans[h].u)]
         message = reduce.sum(torch.cat(message)); passes_run += 1
         for j, h in enumerate(active):
             colsums[h], flags[h] = message[j * (K + 1):j * (K + 1) + K], bool(message[j * (K + 1) + K] > 0)
@@ -387,11 +432,15 @@ def _iterate(plans: list, colsums: list, target: torch.Tensor, omega, tol: float
     # heads stopped by max_iter (or max_iter = 0): one plain row update so that rows are exact; report that plan's error
     left = [h for h in range(H) if not done[h]]
     if left and max_iter > 0:
-        for h in left: keep_in_range(plans[h], flags[h], passes)
-        sums = reduce.sum(torch.cat([sinkhorn_pass(plans[h], 1., passes) for h in left])); passes_run += 1
+        for h in left:
+            keep_in_range(plans[h], flags[h], passes)
+            read[h] = torch.empty(n, dtype=torch.long, device=plans[h].K.device)
+        sums = reduce.sum(torch.cat([sinkhorn_pass(plans[h], 1., passes, (read[h], assignments)) for h in left]))
+        passes_run += 1
         for j, h in enumerate(left): err[h] = marginal_error(plans[h], sums[j * K:(j + 1) * K], target[h])
     elif left: err = [marginal_error(p, c, t) for p, c, t in zip(plans, colsums, target)]
-    return dict(error=err, iters=iters, history=history, omega=[r.omega for r in relax], passes=passes_run)
+    return dict(error=err, iters=iters, history=history, omega=[r.omega for r in relax], passes=passes_run,
+                labels=read)
 
 def sinkhorn_knopp(logits: torch.Tensor, lam: float = 20., prior: torch.Tensor | None = None,
                    permute_prior: bool = True, tol: float = 1e-3, max_iter: int = 1000, omega: float | str = 'auto',
@@ -413,14 +462,20 @@ def sinkhorn_knopp(logits: torch.Tensor, lam: float = 20., prior: torch.Tensor |
     r = _cluster_marginals(prior, H, K, dev)
     t0 = time.perf_counter()
     buffer = torch.empty(H, n, K, dtype=dtype, device=dev)        # every head's kernel, then its assignments
-    with RowPasses(n, K * buffer.element_size(), dev) as passes:
+    passes = RowPasses(n, K * buffer.element_size(), dev)
+    # between passes this thread does O(N + K) work: a parallel region there costs more (waking the other
+    # threads, on a busy machine waiting for a core) than the work, so it runs on one thread like the workers
+    with passes, one_thread() if passes.threads > 1 else contextlib.nullcontext():
         plans, colsums, masses = zip(*[exponentiate_once(L3[h], lam, dtype, passes, reduce, buffer[h])
                                        for h in range(H)])
         if prior is not None and permute_prior: r = match_prior(r, torch.stack(masses).double() / N)
         t1 = time.perf_counter()
-        run = _iterate(list(plans), list(colsums), r * N, omega, float(tol), max_iter, passes, reduce)
+        run = _iterate(list(plans), list(colsums), r * N, omega, float(tol), max_iter, passes, reduce,
+                       return_assignments)
         t2 = time.perf_counter()
-        hard, log_u, log_v = map(torch.stack, zip(*[read_out(p, passes, return_assignments) for p in plans]))
+        outs = [read_out(p, passes, return_assignments) if lab is None else (lab, *log_scalings(p))
+                for p, lab in zip(plans, run['labels'])]
+        hard, log_u, log_v = map(torch.stack, zip(*outs))
     if labels == 'prior':
         hard = torch.stack([round_to_prior(hard[h], L3[h], lam, log_u[h], log_v[h], prior_counts(r[h], N), reduce)
                             for h in range(H)])
