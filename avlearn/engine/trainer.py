@@ -382,7 +382,8 @@ def dry_run_config(cfg: TrainConfig) -> TrainConfig:
 def train(config=None, out=None, overrides: Sequence[str] = (), dry_run: bool = False, resume: bool = True,
           progress: bool = True, train_set=None, test_set=None, force_resume: bool = False) -> Trainer:
     """Build a Trainer from `config` (TrainConfig, YAML path or shipped name) and overrides, and fit it. `out=None`
-    trains in a fresh temporary folder (notebook miniatures); so does a dry run, which never touches `out`."""
+    trains in a fresh temporary folder (notebook miniatures), deleted with the returned trainer; so does a dry run,
+    which never touches `out`."""
     if isinstance(config, TrainConfig):
         if overrides:
             raise ValueError("overrides go with a config path, not with a TrainConfig (use dataclasses.replace)")
@@ -392,7 +393,8 @@ def train(config=None, out=None, overrides: Sequence[str] = (), dry_run: bool = 
         cfg = dry_run_config(cfg)
         if out is not None: print(f"dry run in a temporary folder; {out} is left untouched")
         out, resume = None, False
-    out = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix='avlearn-run-'))
+    scratch = tempfile.TemporaryDirectory(prefix='avlearn-run-') if out is None else None
+    out = Path(out) if out is not None else Path(scratch.name)
     main = int(os.environ.get('RANK', 0)) == 0
     if main: acquire_lock(out)
     try:
@@ -404,6 +406,7 @@ def train(config=None, out=None, overrides: Sequence[str] = (), dry_run: bool = 
                 (out / 'config.json').write_text(json.dumps(config_to_dict(cfg), indent=1))
         trainer = Trainer(cfg, out, resume=resume, progress=progress, train_set=train_set, test_set=test_set,
                           force_resume=force_resume)
+        trainer.scratch = scratch   # a temporary folder lives as long as its trainer, then is deleted
         t0 = time.perf_counter(); status = trainer.fit()
         if trainer.step == 0: raise RuntimeError(f"the run in {out} trained for 0 steps: nothing to save")
         if trainer.is_main:
