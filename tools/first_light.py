@@ -1,7 +1,7 @@
 """First light over several seeds, in two worlds: `make demo`'s (configs/demo.yaml: one scene) and the default toy world
 (four scenes). Trains and evaluates through the engine (`train`, `evaluate_run`) exactly as `make demo` does, and
-writes results/first_light.json: per world and seed, the linear-probe accuracy and R@1 of the learned encoder and of
-the same encoder at random initialisation. nbs/engine/16_cli.ipynb shows the table and the verdicts.
+writes results/demo/first_light.json: per world and seed, the linear-probe accuracy and R@1 of the learned encoder
+and of the same encoder at random initialisation. nbs/engine/16_cli.ipynb shows the table and the verdicts.
 
     python tools/first_light.py --seeds 5      # about 20 minutes on 2 CPU cores
 """
@@ -29,7 +29,7 @@ def config_sha() -> str:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument('--seeds', type=int, default=3, help='seeds 0..N-1 per world (default 3)')
-    ap.add_argument('--out', default=str(ROOT / 'results' / 'first_light.json'), help='the JSON file to write')
+    ap.add_argument('--out', default=str(ROOT / 'results' / 'demo' / 'first_light.json'), help='the JSON file to write')
     ap.add_argument('--resume', action='store_true',
                     help='keep the seeds already in --out when it was made with the same config (config_sha)')
     args = ap.parse_args(argv)
