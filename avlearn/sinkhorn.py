@@ -114,7 +114,7 @@ def exponentiate_once(logits: torch.Tensor, lam: float, dtype: torch.dtype = tor
         if same: torch.amax(L, 1, out=m)
         else: m.copy_(L.amax(1))
         torch.sum(L, 1, dtype=dtype, out=rowsum[lo:hi])  # NaN or +-inf in a row makes its sum non-finite
-        torch.sub(L, m[:, None], out=E).mul_(lam).clamp_(min=floor).exp_()
+        _exponent_into(E, L, m, lam).clamp_(min=floor).exp_()
         torch.sum(E, 1, out=ub).reciprocal_()       # u = 1 / K 1
         colsum[w].addmv_(E.t(), ub)                 # K^T u while the block is in cache
 
@@ -148,6 +148,12 @@ def exponentiate_once(logits: torch.Tensor, lam: float, dtype: torch.dtype = tor
     return plan, fresh, colsum
 
 # %% ../nbs/08_sinkhorn.ipynb #41294371
+def _label_rows(E: torch.Tensor, u: torch.Tensor, best: torch.Tensor, labels: torch.Tensor, assignments: bool):
+    """The read-out of some rows, in place: `E` holds their K diag(v); writes their argmax labels into `labels` (and
+    the maxima into `best`), then, if `assignments`, Q = diag(u) K diag(v) over `E`."""
+    torch.max(E, 1, out=(best, labels))
+    if assignments: E.mul_(u[:, None])
+
 def sinkhorn_pass(plan: Plan, omega: float = 1., passes: RowPasses | None = None, read: tuple | None = None
                   ) -> torch.Tensor:
     """Step 2: the row update u <- u^(1-omega) (1 / K v)^omega and the column sums c = K^T u of the updated plan, in one
@@ -168,8 +174,7 @@ def sinkhorn_pass(plan: Plan, omega: float = 1., passes: RowPasses | None = None
             E.mul_(plan.v)                              # K diag(v): row sums K v, row argmax the label
             torch.sum(E, 1, out=ub).reciprocal_()
             colsum[w].addmv_(E.t(), ub)                 # v * K^T u (divided by v below)
-            torch.max(E, 1, out=(best[lo:hi], labels[lo:hi]))
-            if assignments: E.mul_(ub[:, None])
+            _label_rows(E, ub, best[lo:hi], labels[lo:hi], assignments)
             return
         if omega == 1.: torch.mv(E, plan.v, out=ub).reciprocal_()
         else: ub.pow_(1. - omega).div_(torch.mv(E, plan.v).pow_(omega))
@@ -293,8 +298,7 @@ def read_out(plan: Plan, passes: RowPasses | None = None, assignments: bool = Tr
     def block(w, lo, hi):
         if scratch is None: E = plan.K[lo:hi].mul_(plan.v)
         else: E = torch.mul(plan.K[lo:hi], plan.v, out=scratch[w, :hi - lo])
-        torch.max(E, 1, out=(best[lo:hi], labels[lo:hi]))
-        if assignments: E.mul_(plan.u[lo:hi, None])
+        _label_rows(E, plan.u[lo:hi], best[lo:hi], labels[lo:hi], assignments)
 
     passes.run(block)
     return (labels, *log_scalings(plan))

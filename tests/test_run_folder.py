@@ -143,13 +143,7 @@ def test_eval_names_a_missing_label_column(tmp_path):
 def test_a_temporary_run_folder_goes_with_its_trainer():
     "`train(out=None)` trains in a temporary folder that lives as long as the returned trainer (no leak in /tmp)."
     import gc
-    from avlearn.engine.config import load_config
-    from avlearn.engine.trainer import train
-    cfg = load_config(None, ['data.kind=synthetic', 'data.n_train=4', 'data.n_test=2', 'data.n_frames=4',
-                             'data.size=16', 'data.sample_rate=8000', 'data.clip_duration=0.5', 'data.batch_size=2',
-                             'max_steps=2', 'model.proj_dim=4', 'model.video_args={width: 2, out_dim: 4}',
-                             'model.audio_args={width: 2, out_dim: 4}', 'eval_tasks=[]'])
-    trainer = train(cfg, progress=False)
+    trainer = _run(None, 'max_steps=2')
     folder = Path(trainer.out)
     assert folder.name.startswith('avlearn-run-') and list(folder.glob('ckpt_*.pt'))
     del trainer; gc.collect()
