@@ -8,6 +8,7 @@ import os, socket, tempfile, time
 from typing import Callable
 import torch
 import torch.distributed as tdist
+import torch.distributed.nn  # noqa: F401  import it before any group exists: see "Leaving a process group" (00a_dist)
 from torch import nn
 from .core import check_tensor
 
@@ -126,9 +127,9 @@ def init_distributed() -> tuple:
     return rank(), world_size(), device
 
 def leave_distributed(timeout: float = 60.):
-    """Leave the process group together. Rank 0 may host the rendezvous store: if it exits while another rank is still
-    tearing down its gloo connections, that rank can abort. So every other rank reports on the store once its group is
-    destroyed, and rank 0 waits (at most `timeout` seconds) for all of them before it returns."""
+    """Leave the process group together: a barrier, then `destroy_process_group`. Rank 0 may host the rendezvous
+    store, so every other rank reports on the store once its group is destroyed, and rank 0 waits (at most `timeout`
+    seconds) for all of them before it returns."""
     if not is_distributed(): return
     me, world = rank(), world_size()
     store = tdist.distributed_c10d._get_default_store()   # outlives the group

@@ -493,7 +493,10 @@ def toy_data(seed: int, budget: str = 'full') -> dict:
                           text={l: encode_texts(vocab, [describe(vtt.factors[i], l) for i in te], t['max_len'])
                                 for l in LANGUAGES}))
 
-_WEIGHTS = Path(tempfile.mkdtemp(prefix='avlearn-mmp-'))
+@lru_cache(maxsize=1)
+def _weights_folder() -> tempfile.TemporaryDirectory:
+    "Where this process keeps its pretrained toy weights; made on first use, removed when the process exits."
+    return tempfile.TemporaryDirectory(prefix='avlearn-mmp-')
 
 def train_toy(data: dict, seed: int, steps: int, method_args: dict | None = None):
     "Train method `mmp` on in-memory `data` (video, text) through the engine's trainer; returns (method, model)."
@@ -522,7 +525,7 @@ def pretrained_weights(seed: int, budget: str, languages: tuple) -> str:
     with one_thread():
         _, model = train_toy(dict(video=data['pretrain']['video'], text=data['pretrain']['text'][:, idx]), seed,
                              b['pretrain_steps'])
-    path = _WEIGHTS / f"pre_{seed}_{budget}_{'-'.join(languages)}.pt"
+    path = Path(_weights_folder().name) / f"pre_{seed}_{budget}_{'-'.join(languages)}.pt"
     torch.save(model.state_dict(), path)
     return str(path)
 

@@ -623,16 +623,18 @@ def train_on_features(config=None, features=None, out=None, overrides: Sequence[
     overrides = [*overrides, "method_args.frozen_video=''"]          # features are given: no frozen encoder
     a = feature_args(config, overrides)
     if a.in_dim == 0: raise ValueError("feature files need method_args.in_dim (their feature size), not 0")
-    if dry_run:
-        g = torch.Generator().manual_seed(0)
-        words = [f'w{k}' for k in range(a.max_tokens)]
-        features = write_feature_manifest(tempfile.mkdtemp(prefix='support-set-dry-'),
-                                          [torch.randn(a.max_seconds - k, a.in_dim, generator=g) for k in range(4)],
-                                          [' '.join(words)] * 4)
-        overrides = [*overrides, 'data.batch_size=2', 'max_steps=2', 'epochs=1', 'checkpoint_every=1000000']
-    if features is None: raise ValueError("features must name a feature manifest (CSV with path, text)")
-    return train_in_process(config, overrides, train_set=FeatureManifest(features, a.max_seconds, a.in_dim),
-                            out=out)
+    if not dry_run:
+        if features is None: raise ValueError("features must name a feature manifest (CSV with path, text)")
+        return train_in_process(config, overrides, train_set=FeatureManifest(features, a.max_seconds, a.in_dim),
+                                out=out)
+    g = torch.Generator().manual_seed(0)
+    words = [f'w{k}' for k in range(a.max_tokens)]
+    overrides = [*overrides, 'data.batch_size=2', 'max_steps=2', 'epochs=1', 'checkpoint_every=1000000']
+    with tempfile.TemporaryDirectory(prefix='support-set-dry-') as folder:
+        features = write_feature_manifest(folder, [torch.randn(a.max_seconds - k, a.in_dim, generator=g)
+                                                   for k in range(4)], [' '.join(words)] * 4)
+        return train_in_process(config, overrides, train_set=FeatureManifest(features, a.max_seconds, a.in_dim),
+                                out=out)
 
 # %% ../../nbs/papers/25_support_set.ipynb #0abb82a8
 def support_set_cli(config: Param("YAML config (see configs/support_set_*.yaml)", str) = None,
