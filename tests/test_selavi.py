@@ -1,7 +1,7 @@
 """SeLaVi in the training engine, for real: the full-scale config loads and builds, `avlearn-train` runs method selavi on
 a tiny toy world to the end and resumes mid-epoch with its label table, and the labels of a 2-process gloo run (the
 distributed Sinkhorn over unequal shards) equal those of a 1-process run. All on CPU."""
-import json, os, socket, subprocess, sys
+import itertools, json, os, socket, subprocess, sys
 from pathlib import Path
 import pytest
 import torch
@@ -65,7 +65,8 @@ def test_bad_method_args_errors():
                        ("method_args={prior: zipf}", 'method_args.prior'), ("method_args={align: best}", 'method_args.align'),
                        ('method_args={n_heads: 1}', 'decorrelated_heads'), ('method_args={lam: 0}', 'method_args.lam'),
                        ('method_args={greedy_restarts: 0}', 'method_args.greedy_restarts'),
-                       ('method_args={fusion: sum}', 'method_args.fusion')]:
+                       ('method_args={fusion: sum}', 'method_args.fusion'),
+                       ('method_args={sinkhorn_labels: sizes}', 'method_args.sinkhorn_labels')]:
         with pytest.raises(ValueError, match=word): M(load_config(overrides=['method=selavi', over]), 10)
     with pytest.raises(ValueError, match='decorrelated_heads'):
         M(load_config(overrides=['method=selavi', 'method_args={decorrelated_heads: 1}']), 10)
@@ -136,10 +137,12 @@ def _worker(rank, world, out):
     if True:
         from avlearn.papers.selavi import cluster_shards
         logp, order, priors = _problem()
-        for name, bounds in BOUNDS.items():
+        for (name, bounds), labels in itertools.product(BOUNDS.items(), ('argmax', 'prior')):
             lo, hi = bounds[rank]
-            table, res = cluster_shards(logp[:, lo:hi], order[lo:hi], 101, lam=20., priors=priors, tol=1e-8, dtype=torch.float64, group='world')
-            torch.save(dict(table=table, n_iter=res.n_iter, error=res.error, converged=res.converged), f'{out}/{name}_rank{rank}.pt')
+            table, res = cluster_shards(logp[:, lo:hi], order[lo:hi], 101, lam=20., priors=priors, tol=1e-8,
+                                        dtype=torch.float64, group='world', labels=labels)
+            torch.save(dict(table=table, n_iter=res.n_iter, error=res.error, converged=res.converged),
+                       f'{out}/{name}_{labels}_rank{rank}.pt')
 
 
 def test_cluster_shards_two_gloo_processes(tmp_path, gloo):
@@ -148,13 +151,19 @@ def test_cluster_shards_two_gloo_processes(tmp_path, gloo):
     # fork: the children reuse this process's imports (a spawned child would import torch and avlearn again)
     gloo(_worker, 2, str(tmp_path), start_method='fork')
     logp, order, priors = _problem()
-    ref, rres = cluster_shards(logp, order, 101, lam=20., priors=priors, tol=1e-8, dtype=torch.float64)
-    assert (ref >= 0).all() and rres.converged
-    for name in BOUNDS:
-        for r in range(2):                              # every process holds the whole table, equal to one process's
-            p = torch.load(tmp_path / f'{name}_rank{r}.pt')
-            assert torch.equal(p['table'], ref), name
-            assert p['converged'] and p['n_iter'] == rres.n_iter and abs(p['error'] - rres.error) < 1e-12
+    for labels in ('argmax', 'prior'):
+        ref, rres = cluster_shards(logp, order, 101, lam=20., priors=priors, tol=1e-8, dtype=torch.float64,
+                                   labels=labels)
+        assert (ref >= 0).all() and rres.converged
+        if labels == 'prior':                           # the prior's sizes exactly, on one process as on two
+            from avlearn.sinkhorn import prior_counts
+            sizes = torch.stack([torch.bincount(h, minlength=7) for h in ref])
+            assert torch.equal(sizes, prior_counts(rres.prior, 101))
+        for name in BOUNDS:
+            for r in range(2):                          # every process holds the whole table, equal to one process's
+                p = torch.load(tmp_path / f'{name}_{labels}_rank{r}.pt')
+                assert torch.equal(p['table'], ref), (name, labels)
+                assert p['converged'] and p['n_iter'] == rres.n_iter and abs(p['error'] - rres.error) < 1e-12
     with pytest.raises(ValueError, match='more than once'):
         cluster_shards(logp[:, :2], torch.tensor([5, 5]), 101)
     with pytest.raises(ValueError, match='index must hold'):
@@ -186,4 +195,5 @@ def test_claims_compare_rows_of_the_same_seed(monkeypatch):
     claims = {c.name: c for c in claims_of('selavi')}
     assert claims['table2_selavi_vs_contrastive_kmeans'].run(1, 'fast') == dict(value=25., ours=30., reference=5.)
     assert claims['table2_selavi_vs_random_kmeans'].run(1, 'fast')['value'] == 10.
-    assert {c.config['row'] for c in claims.values()} <= set(s.TABLE3_ROWS) and len(claims) == 7
+    assert {c.config['row'] for c in claims.values()} <= set(s.TABLE3_ROWS) and len(claims) == 8
+    assert claims['prior_sized_labels_help'].config['row'] == 'h' and s.TABLE3_ROWS['h'] == dict(sinkhorn_labels='prior')
