@@ -10,7 +10,8 @@ from fastcore.test import test_fail as check_fails
 from avlearn.engine.config import load_config
 from avlearn.engine.method import claims_of, get_method
 from avlearn.papers.mmp import (LANGUAGES, MMP, MMPModel, HFTextEncoder, MultiHowTo100M, PoolingHead, TextEncoder,
-                                encode_texts, mmp_loss, multilingual_vocabulary, read_subtitles, train_on_features)
+                                encode_texts, mask_tokens, mmp_loss, multilingual_vocabulary, read_subtitles,
+                                train_on_features)
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ['method=mmp', 'method_args={dim: 16, feature_dim: 12, text_layers: 1, heads: 4}']
@@ -137,6 +138,80 @@ def test_hf_text_encoder_on_a_tiny_random_bert():
     assert enc.model.encoder.layer[1].attention.self.query.weight.grad is not None
     check_fails(lambda: HFTextEncoder('', layer=4, model=transformers.BertModel(cfg)),
                 contains='layer must be in [1, 3]')
+
+
+def _tiny_xlmr(folder: Path, words=('put', 'the', 'flour', 'in', 'stir', 'well', 'mehl', 'rein', 'gut', 'umruehren')):
+    """A tiny random XLM-R and its tokenizer saved to `folder` the way a local copy of xlm-roberta-large is: sentence
+    start 0, padding 1 (not 0), end 2, unknown 3, mask 4; every sentence is wrapped in <s> ... </s>."""
+    transformers = pytest.importorskip('transformers')
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    itos = ['<s>', '<pad>', '</s>', '<unk>', '<mask>', *words]
+    tk = Tokenizer(models.WordLevel({w: i for i, w in enumerate(itos)}, unk_token='<unk>'))
+    tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    tk.post_processor = processors.TemplateProcessing(single='<s> $A </s>', special_tokens=[('<s>', 0), ('</s>', 2)])
+    transformers.PreTrainedTokenizerFast(tokenizer_object=tk, bos_token='<s>', eos_token='</s>', pad_token='<pad>',
+                                         unk_token='<unk>', mask_token='<mask>').save_pretrained(folder)
+    cfg = transformers.XLMRobertaConfig(vocab_size=len(itos), hidden_size=32, num_hidden_layers=3,
+                                        num_attention_heads=4, intermediate_size=64, max_position_embeddings=40,
+                                        pad_token_id=1, bos_token_id=0, eos_token_id=2)
+    torch.manual_seed(0)
+    transformers.XLMRobertaModel(cfg).save_pretrained(folder)
+    return folder
+
+
+def _subtitled_features(folder: Path, feature_dim: int = 8) -> Path:
+    "Two videos of features with English subtitles and German ones for one of them; the manifest's path."
+    folder.mkdir()
+    subs = {'en': {'v1': {'text': ['put the flour in', 'stir well'], 'start': [0., 4.], 'end': [3., 8.]},
+                   'v2': {'text': ['stir the flour', 'put it in'], 'start': [0., 5.], 'end': [4., 9.]}},
+            'de': {'v1': {'text': ['mehl rein', 'gut umruehren'], 'start': [0., 4.], 'end': [3., 8.]}}}
+    for lang, s in subs.items(): (folder / f'{lang}.json').write_text(json.dumps(s))
+    for vid in ('v1', 'v2'): np.save(folder / f'{vid}.npy', np.random.rand(10, feature_dim).astype(np.float32))
+    spec = dict(features=str(folder), subtitles={l: str(folder / f'{l}.json') for l in subs}, length=6)
+    (folder / 'pretrain.json').write_text(json.dumps(spec))
+    return folder / 'pretrain.json'
+
+
+def test_hf_text_encoder_from_a_local_folder_uses_its_tokenizers_padding_and_mask(tmp_path):
+    """XLM-R pads with 1 and starts every sentence with 0: the encoder, the dataset, the masking and the loss all use
+    the tokenizer's ids (a pipeline that padded with 0 would read every sentence start as padding)."""
+    enc = HFTextEncoder(str(_tiny_xlmr(tmp_path / 'lm')), layer=2, freeze_below=1)
+    assert (enc.pad_id, enc.mask_id) == (1, 4)
+    ids = enc.encode('put the flour in')
+    assert ids[0] == 0 and ids[-1] == 2 and len(ids) == 6
+    manifest = json.loads(_subtitled_features(tmp_path / 'data').read_text())
+    ds = MultiHowTo100M(manifest['features'], manifest['subtitles'], enc.encode, length=6, max_len=8,
+                        pad_id=enc.pad_id)
+    item = ds[2]                                                    # v2's first line: no German subtitle
+    assert item['text'][0, 0] == 0 and (item['text'][1] == 1).all()
+    model = MMPModel(enc, 8, 16, dropout=0.0).eval()
+    with torch.no_grad():                                            # padding columns change nothing
+        short = torch.tensor([ids])
+        padded = torch.nn.functional.pad(short, (0, 3), value=enc.pad_id)
+        assert torch.allclose(model.text(short), model.text(padded), atol=1e-5)
+    masked = mask_tokens(torch.stack([ds[i]['text'] for i in range(3)]), 1.0, enc.mask_id, enc.pad_id)
+    assert ((masked == enc.mask_id) | (masked == enc.pad_id)).all() and (masked == enc.pad_id).sum() > 0
+    text = torch.stack([ds[i]['text'] for i in range(len(ds))])
+    loss, logs = mmp_loss(model.train(), torch.stack([ds[i]['video'] for i in range(len(ds))]), text,
+                          mask_id=enc.mask_id, pad_id=enc.pad_id, generator=torch.Generator().manual_seed(0))
+    assert torch.isfinite(loss)
+
+
+def test_full_scale_config_trains_from_local_transformers_weights(tmp_path):
+    "configs/mmp_howto100m.yaml with `pretrained` a local folder: 2 steps on subtitled features through the engine."
+    lm = _tiny_xlmr(tmp_path / 'lm')
+    cfg = load_config(ROOT / 'configs' / 'mmp_howto100m.yaml',
+                      [f'method_args.pretrained={lm}', 'method_args.hf_layer=2', 'method_args.freeze_below=1',
+                       'method_args.dim=16', 'method_args.feature_dim=8', 'method_args.max_len=8',
+                       f'data.train_manifest={_subtitled_features(tmp_path / "data")}', 'data.batch_size=2',
+                       'data.num_workers=0', 'max_steps=2', 'epochs=2', 'precision=fp32'])
+    trainer = train_on_features(cfg, tmp_path / 'run')
+    assert trainer.step == 2
+    enc = trainer.model.text_encoder
+    assert isinstance(enc, HFTextEncoder) and enc.pad_id == 1
+    assert not any(p.requires_grad for p in enc.model.encoder.layer[0].parameters())
+    assert all(p.requires_grad for p in enc.model.encoder.layer[1].parameters())
+    assert trainer.method.token_ids(trainer.model) == (1, 4)
 
 
 def test_claims_registered():

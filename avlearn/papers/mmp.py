@@ -18,6 +18,7 @@ from ..data import ToyWorld, ToyWorldConfig, LEXICON, ASR_ERROR_RATES, describe,
 from ..models import Vocabulary, tokenize
 from ..losses import info_nce
 from ..evaluation import text_video_retrieval
+from ..dist import unwrap
 from ..engine.method import Method, MethodArgs, register_method, Claim, register_claim, train_in_process
 
 # %% auto #0
@@ -153,21 +154,33 @@ class TextEncoder(nn.Module):
 
 class HFTextEncoder(nn.Module):
     """A pretrained multilingual language model through `transformers` (full scale, appendix C): the hidden states of
-    layer `layer` as e_x, the embeddings and layers below `freeze_below` frozen. Same interface as `TextEncoder`."""
-    def __init__(self, name_or_path: str, layer: int = 12, freeze_below: int = 9, model=None):
+    layer `layer` as e_x, the embeddings and layers below `freeze_below` frozen. Same interface as `TextEncoder`.
+    `name_or_path` (a local folder, or a name in the Hugging Face cache) gives the model and its tokenizer, unless
+    `model` (and `tokenizer`) are passed. The tokenizer's padding and mask ids are `pad_id` and `mask_id` (XLM-R pads
+    with 1: id 0 is its sentence start), and `encode(text)` its ids."""
+    def __init__(self, name_or_path: str, layer: int = 12, freeze_below: int = 9, model=None, tokenizer=None):
         super().__init__()
-        if model is None:
-            try: from transformers import AutoModel
+        if model is None or (tokenizer is None and name_or_path):
+            try: from transformers import AutoModel, AutoTokenizer
             except ImportError as e:
                 raise ImportError("text_backbone='transformers' needs the transformers package "
                                   "(pip install transformers) and the model's weights") from e
-            model = AutoModel.from_pretrained(name_or_path)
+            model = AutoModel.from_pretrained(name_or_path) if model is None else model
+            tokenizer = AutoTokenizer.from_pretrained(name_or_path) if tokenizer is None else tokenizer
         n = model.config.num_hidden_layers
         if not 1 <= layer <= n: raise ValueError(f"layer must be in [1, {n}] (the model's layers), got {layer}")
-        self.model, self.layer, self.pad_id = model, layer, model.config.pad_token_id or 0
+        self.model, self.tokenizer, self.layer = model, tokenizer, layer
+        pad = getattr(tokenizer, 'pad_token_id', None)
+        self.pad_id = pad if pad is not None else (model.config.pad_token_id or 0)
+        self.mask_id = getattr(tokenizer, 'mask_token_id', None)
         self.vocab_size, self.max_len = model.config.vocab_size, model.config.max_position_embeddings
         self.dim = model.config.hidden_size
         self.freeze(freeze_below)
+
+    def encode(self, text: str) -> list:
+        "The tokenizer's ids of `text`, its special tokens included."
+        if self.tokenizer is None: raise ValueError("HFTextEncoder.encode needs a tokenizer (pass tokenizer=)")
+        return self.tokenizer(text)['input_ids']
 
     def freeze(self, below: int):
         "Freeze the embeddings and the layers below `below`; layers above `layer` are unused (left frozen too)."
@@ -237,21 +250,21 @@ def pick_languages(text: torch.Tensor, n: int = 1, pad_id: int = 0,
 
 def mmp_loss(model: MMPModel, video: torch.Tensor, text: torch.Tensor, intra: float = 1.0, cross: float = 0.0,
              mask_rate: float = 0.05, temperature: float = 0.1, mask_id: int = 2,
-             generator: torch.Generator | None = None, pairs: bool = False) -> tuple:
+             generator: torch.Generator | None = None, pairs: bool = False, pad_id: int = 0) -> tuple:
     """Eqs. 4 and 8 on a batch of `video` (B, M, F) clip features and `text` (B, K, L) sentences in up to K languages.
     Without `cross`: one language x per row (sampled), L_inter = L(X, V) and L_intra = L(X, X^m) + L(V, V^m).
     With `cross` (visually-pivoted captions): two languages (x, y) per row, eqs. 5-6 and `cross` * L(X|V, Y|V);
-    `pairs` alone gives eqs. 5-6 without eq. 7 (a control for what eq. 7 itself adds)."""
+    `pairs` alone gives eqs. 5-6 without eq. 7 (a control for what eq. 7 itself adds). `pad_id` pads `text`."""
     check_tensor(video, 'video', ndim=3, dtype='float'); check_tensor(text, 'text', ndim=3, dtype='int')
     if len(video) != len(text): raise ValueError(f"video has {len(video)} rows but text has {len(text)}")
     check_range(intra, 'intra', 0); check_range(cross, 'cross', 0)
     rows = torch.arange(len(text), device=text.device)
-    pick = pick_languages(text, 2 if cross > 0 or pairs else 1, generator=generator)
+    pick = pick_languages(text, 2 if cross > 0 or pairs else 1, pad_id, generator)
     sents = [text[rows, pick[:, j]] for j in range(pick.shape[1])]                # x (and y), each (B, L)
-    sents = [s[:, :int((s != 0).sum(1).max())] for s in sents]                    # drop all-padding columns
+    sents = [s[:, :int((s != pad_id).sum(1).max())] for s in sents]               # drop all-padding columns
     masked = intra > 0
     out = model(video, sents, mask_clips(video, mask_rate, generator) if masked else None,
-                [mask_tokens(s, mask_rate, mask_id, generator=generator) for s in sents] if masked else (),
+                [mask_tokens(s, mask_rate, mask_id, pad_id, generator) for s in sents] if masked else (),
                 condition=cross > 0)
     inter = sum(nce(cx, out['v'], temperature) for cx in out['x'])                # eqs. 1 / 5
     loss, logs = inter, dict(L_inter=inter.item())
@@ -347,15 +360,22 @@ class MMP(Method):
         model.text_encoder.freeze(a.freeze_below)
         return model
 
-    @property
-    def mask_id(self) -> int: return self.vocab.stoi[MASK] if self.vocab else 1
+    def token_ids(self, model) -> tuple:
+        "(padding id, mask id) of `model`'s text: the toy vocabulary's, or the pretrained model's tokenizer's."
+        enc = unwrap(model).text_encoder
+        if self.vocab: return enc.pad_id, self.vocab.stoi[MASK]
+        if enc.mask_id is None:
+            raise ValueError(f"method_args.pretrained={self.args.pretrained!r} has no tokenizer with a mask token: eq. "
+                             "3 masks tokens")
+        return enc.pad_id, enc.mask_id
 
     def loss(self, model, batch):
         a = self.args
         if self.generator is None: self.generator = torch.Generator().manual_seed(self.cfg.seed * 7919 + 1)
         if 'text' not in batch: raise ValueError("mmp batches need 'text' (B, K, L) token ids beside 'video' features")
+        pad_id, mask_id = self.token_ids(model)
         return mmp_loss(model, batch['video'].float(), batch['text'], a.intra, a.cross, a.mask_rate, a.temperature,
-                        self.mask_id, self.generator, a.pairs)
+                        mask_id, self.generator, a.pairs, pad_id)
 
     def features(self, model, batch): return model.video(batch['video'].float())
 
@@ -394,12 +414,13 @@ def clip_features(features: torch.Tensor, start: float, end: float, length: int,
 class MultiHowTo100M(torch.utils.data.Dataset):
     """Segments of Multi-HowTo100M: the subtitle lines of `anchor` (default the first language) give the segments;
     each item is `video` (length, F) clip features from `<features_dir>/<video_id>.npy` and `text` (K, max_len) ids of
-    the overlapping lines in each of the K `subtitles` languages (all padding where a language has none)."""
+    the overlapping lines in each of the K `subtitles` languages, padded with `pad_id` (all padding where a language
+    has none)."""
     def __init__(self, features_dir, subtitles: dict, encode, length: int = 16, max_len: int = 32,
-                 anchor: str | None = None):
+                 anchor: str | None = None, pad_id: int = 0):
         langs = check_languages(list(subtitles), 'subtitles')
         self.langs, self.dir, self.encode = langs, Path(features_dir), encode
-        self.length, self.max_len = length, max_len
+        self.length, self.max_len, self.pad_id = length, max_len, pad_id
         self.subs = {l: read_subtitles(p, l) for l, p in subtitles.items()}
         anchor = anchor or langs[0]
         if anchor not in self.subs: raise ValueError(f"anchor {anchor!r} must be one of the subtitle languages {langs}")
@@ -414,7 +435,7 @@ class MultiHowTo100M(torch.utils.data.Dataset):
     def __getitem__(self, i):
         vid, s, e = self.items[i]
         feats = torch.from_numpy(np.load(self.dir / f'{vid}.npy')).float()
-        text = torch.zeros(len(self.langs), self.max_len, dtype=torch.long)
+        text = torch.full((len(self.langs), self.max_len), self.pad_id, dtype=torch.long)
         for k, l in enumerate(self.langs):
             ids = self.encode(self.text_at(l, vid, s, e))[:self.max_len] if self.text_at(l, vid, s, e) else []
             text[k, :len(ids)] = torch.tensor(ids, dtype=torch.long)
@@ -430,17 +451,23 @@ def train_on_features(cfg, out=None, dry_run: bool = False):
     if dry_run:
         g = torch.Generator().manual_seed(0)
         K = len(a.languages)
-        text = torch.randint(3, len(meth.vocab) if meth.vocab else 1000, (4, K, a.max_len), generator=g)
+        if meth.vocab: n_ids = len(meth.vocab)
+        else:
+            from transformers import AutoConfig
+            n_ids = AutoConfig.from_pretrained(a.pretrained).vocab_size
+        text = torch.randint(3, n_ids, (4, K, a.max_len), generator=g)    # ids 0-2: padding and other specials
         data = dict(video=torch.randn(4, 16, a.feature_dim, generator=g), text=text)
         cfg = replace(cfg, data=replace(cfg.data, batch_size=2, num_workers=0), max_steps=2, epochs=1,
                       checkpoint_every=10 ** 9, precision='fp32', eval_tasks=[])
         return train_in_process(cfg, train_set=data)
     spec = json.loads(Path(cfg.data.train_manifest).read_text())
-    if a.text_backbone == 'scratch': encode = meth.vocab.encode
+    if a.text_backbone == 'scratch': encode, pad_id = meth.vocab.encode, meth.vocab.pad_id
     else:
         from transformers import AutoTokenizer
-        tok = AutoTokenizer.from_pretrained(a.pretrained); encode = lambda t: tok(t)['input_ids']
-    data = MultiHowTo100M(spec['features'], spec['subtitles'], encode, spec.get('length', 16), a.max_len)
+        tok = AutoTokenizer.from_pretrained(a.pretrained)
+        encode, pad_id = (lambda t: tok(t)['input_ids']), tok.pad_token_id
+    data = MultiHowTo100M(spec['features'], spec['subtitles'], encode, spec.get('length', 16), a.max_len,
+                          pad_id=pad_id)
     return train_in_process(cfg, train_set=data, out=out)
 
 # %% ../../nbs/papers/26_mmp.ipynb #6eb23651
