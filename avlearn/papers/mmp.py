@@ -24,12 +24,12 @@ from ..engine.method import Method, MethodArgs, register_method, Claim, register
 # %% auto #0
 __all__ = ['LANGUAGES', 'DISTANT', 'MASK', 'BACKBONES', 'TOY', 'BUDGETS', 'MT_LANGUAGES', 'TABLE4_ROWS', 'TABLE3_ROWS',
            'PAPER_LANGUAGES', 'TABLE4', 'PAPER_ROW', 'TABLE3', 'check_languages', 'multilingual_vocabulary',
-           'encode_texts', 'mask_tokens', 'mask_clips', 'PoolingLayer', 'PoolingHead', 'TextEncoder', 'HFTextEncoder',
-           'MMPModel', 'nce', 'pick_languages', 'mmp_loss', 'MMPArgs', 'load_weights', 'MMP', 'read_subtitles',
-           'clip_features', 'MultiHowTo100M', 'train_on_features', 'frozen_features', 'toy_data', 'train_toy',
-           'retrieval_scores', 'pretrained_weights', 'finetuned_model', 'finetune_scores', 'run_table4', 'run_table3',
-           'run_fig3', 'paper_non_english', 'non_english', 'mean_recall', 'table4_report', 'table3_report', 'plot_fig3',
-           'fig3_run']
+           'encode_texts', 'mask_tokens', 'mask_clips', 'PoolingLayer', 'PoolingHead', 'TextEncoder', 'pretrained_text',
+           'HFTextEncoder', 'MMPModel', 'nce', 'pick_languages', 'mmp_loss', 'MMPArgs', 'load_weights', 'MMP',
+           'read_subtitles', 'clip_features', 'MultiHowTo100M', 'train_on_features', 'frozen_features', 'toy_data',
+           'train_toy', 'retrieval_scores', 'pretrained_weights', 'finetuned_model', 'finetune_scores', 'run_table4',
+           'run_table3', 'run_fig3', 'paper_non_english', 'non_english', 'mean_recall', 'table4_report',
+           'table3_report', 'plot_fig3', 'fig3_run']
 
 # %% ../../nbs/papers/26_mmp.ipynb #f2cead24
 #: the toy world's languages in the order Figure 3 adds them; Swahili shares no word with English
@@ -152,6 +152,15 @@ class TextEncoder(nn.Module):
         for i, layer in enumerate(self.encoder.layers): [p.requires_grad_(i >= below) for p in layer.parameters()]
         return self
 
+def pretrained_text(name_or_path: str, what: str = 'AutoTokenizer'):
+    """`transformers.<what>.from_pretrained(name_or_path)` (a local folder, or a name in the Hugging Face cache), with
+    a clear error when the package is missing: the one door of the full-scale text path to `transformers`."""
+    try: import transformers
+    except ImportError as e:
+        raise ImportError("text_backbone='transformers' needs the transformers package (pip install transformers) "
+                          "and the model's weights") from e
+    return getattr(transformers, what).from_pretrained(name_or_path)
+
 class HFTextEncoder(nn.Module):
     """A pretrained multilingual language model through `transformers` (full scale, appendix C): the hidden states of
     layer `layer` as e_x, the embeddings and layers below `freeze_below` frozen. Same interface as `TextEncoder`.
@@ -160,13 +169,8 @@ class HFTextEncoder(nn.Module):
     with 1: id 0 is its sentence start), and `encode(text)` its ids."""
     def __init__(self, name_or_path: str, layer: int = 12, freeze_below: int = 9, model=None, tokenizer=None):
         super().__init__()
-        if model is None or (tokenizer is None and name_or_path):
-            try: from transformers import AutoModel, AutoTokenizer
-            except ImportError as e:
-                raise ImportError("text_backbone='transformers' needs the transformers package "
-                                  "(pip install transformers) and the model's weights") from e
-            model = AutoModel.from_pretrained(name_or_path) if model is None else model
-            tokenizer = AutoTokenizer.from_pretrained(name_or_path) if tokenizer is None else tokenizer
+        model = pretrained_text(name_or_path, 'AutoModel') if model is None else model
+        if tokenizer is None and name_or_path: tokenizer = pretrained_text(name_or_path)
         n = model.config.num_hidden_layers
         if not 1 <= layer <= n: raise ValueError(f"layer must be in [1, {n}] (the model's layers), got {layer}")
         self.model, self.tokenizer, self.layer = model, tokenizer, layer
@@ -451,10 +455,7 @@ def train_on_features(cfg, out=None, dry_run: bool = False):
     if dry_run:
         g = torch.Generator().manual_seed(0)
         K = len(a.languages)
-        if meth.vocab: n_ids = len(meth.vocab)
-        else:
-            from transformers import AutoConfig
-            n_ids = AutoConfig.from_pretrained(a.pretrained).vocab_size
+        n_ids = len(meth.vocab) if meth.vocab else pretrained_text(a.pretrained, 'AutoConfig').vocab_size
         text = torch.randint(3, n_ids, (4, K, a.max_len), generator=g)    # ids 0-2: padding and other specials
         data = dict(video=torch.randn(4, 16, a.feature_dim, generator=g), text=text)
         cfg = replace(cfg, data=replace(cfg.data, batch_size=2, num_workers=0), max_steps=2, epochs=1,
@@ -463,8 +464,8 @@ def train_on_features(cfg, out=None, dry_run: bool = False):
     spec = json.loads(Path(cfg.data.train_manifest).read_text())
     if a.text_backbone == 'scratch': encode, pad_id = meth.vocab.encode, meth.vocab.pad_id
     else:
-        from transformers import AutoTokenizer
-        tok = AutoTokenizer.from_pretrained(a.pretrained)
+        tok = pretrained_text(a.pretrained)
+        if tok.pad_token_id is None: raise ValueError(f"{a.pretrained}'s tokenizer has no padding token")
         encode, pad_id = (lambda t: tok(t)['input_ids']), tok.pad_token_id
     data = MultiHowTo100M(spec['features'], spec['subtitles'], encode, spec.get('length', 16), a.max_len,
                           pad_id=pad_id)
